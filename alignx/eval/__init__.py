@@ -1,0 +1,1 @@
+"""Benchmarks, log-likelihood and generation scoring, alignment metrics, statistics and the report."""

@@ -1,0 +1,82 @@
+"""The language registry: ISO codes, names, scripts, fastText labels and per-dataset file codes.
+
+Everything that maps between our ISO 639-1 codes and the codes used by data sets or models goes here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Language:
+    """One pipeline language."""
+
+    code: str  # ISO 639-1, our canonical id
+    iso3: str  # ISO 639-3 (Tatoeba folder/file code)
+    flores: str  # FLORES-200 code
+    name: str
+    script: str  # ISO 15924
+    ntrex: str | None = None  # NTREX-128 file code
+    fasttext_labels: tuple[str, ...] = field(default=())  # labels counted as this language
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.fasttext_labels or (self.code,)
+
+
+_LANGS = [
+    Language("en", "eng", "eng_Latn", "English", "Latn", "eng"),
+    Language("bn", "ben", "ben_Beng", "Bengali", "Beng", "ben"),
+    Language("de", "deu", "deu_Latn", "German", "Latn", "deu"),
+    Language("es", "spa", "spa_Latn", "Spanish", "Latn", "spa"),
+    Language("fr", "fra", "fra_Latn", "French", "Latn", "fra"),
+    Language("ja", "jpn", "jpn_Jpan", "Japanese", "Jpan", "jpn"),
+    Language("ru", "rus", "rus_Cyrl", "Russian", "Cyrl", "rus"),
+    Language("sw", "swa", "swh_Latn", "Swahili", "Latn", "swa"),
+    Language("th", "tha", "tha_Thai", "Thai", "Thai", "tha"),
+    Language("zh", "zho", "zho_Hans", "Chinese", "Hans", "zho_Hans", ("zh", "yue", "wuu")),
+    # Benchmark-only languages (XCOPA, MGSM); not in the training mirror.
+    Language("te", "tel", "tel_Telu", "Telugu", "Telu"),
+    Language("et", "est", "est_Latn", "Estonian", "Latn"),
+    Language("ht", "hat", "hat_Latn", "Haitian Creole", "Latn"),
+    Language("id", "ind", "ind_Latn", "Indonesian", "Latn"),
+    Language("it", "ita", "ita_Latn", "Italian", "Latn"),
+    Language("qu", "que", "quy_Latn", "Quechua", "Latn"),
+    Language("ta", "tam", "tam_Taml", "Tamil", "Taml"),
+    Language("tr", "tur", "tur_Latn", "Turkish", "Latn"),
+    Language("vi", "vie", "vie_Latn", "Vietnamese", "Latn"),
+]
+
+LANGUAGES: dict[str, Language] = {lang.code: lang for lang in _LANGS}
+_BY_ISO3 = {lang.iso3: lang for lang in _LANGS}
+_BY_ISO3["swh"] = LANGUAGES["sw"]
+
+
+class UnknownLanguageError(ValueError):
+    """A language code that the registry does not know."""
+
+
+def get_language(code: str) -> Language:
+    """Return the registry entry for an ISO 639-1 code, or raise listing the known codes."""
+    try:
+        return LANGUAGES[code]
+    except KeyError:
+        raise UnknownLanguageError(
+            f"unknown language code {code!r}; known codes: {', '.join(sorted(LANGUAGES))}"
+        ) from None
+
+
+def from_iso3(code3: str) -> Language:
+    """Map an ISO 639-3 code (as in Tatoeba file names) to the registry entry."""
+    try:
+        return _BY_ISO3[code3]
+    except KeyError:
+        raise UnknownLanguageError(
+            f"unknown ISO 639-3 code {code3!r}; known: {', '.join(sorted(_BY_ISO3))}"
+        ) from None
+
+
+def language_id(code: str, languages: list[str]) -> int:
+    """Integer id of a language inside an ordered list (for the language-matching loss)."""
+    return languages.index(code)
