@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignx.languages import LANGUAGES
 
@@ -26,6 +26,15 @@ class Section(BaseModel):
     """Base for config sections: unknown keys are errors, so typos never pass silently."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def check_language_codes(codes: list[str] | str | None) -> list[str] | str | None:
+    """Field validator: every code must be in the language registry."""
+    items = [codes] if isinstance(codes, str) else (codes or [])
+    unknown = [c for c in items if c not in LANGUAGES]
+    if unknown:
+        raise ValueError(f"unknown language code(s) {unknown}; known: {', '.join(sorted(LANGUAGES))}")
+    return codes
 
 
 class ConfigError(ValueError):
@@ -166,6 +175,7 @@ class AlignmentEvalConfig(Section):
     sets: list[Literal["flores", "ntrex"]] = ["flores"]
     max_sentences: int | None = None
     encodings: list[Literal["alone", "prompt"]] = ["alone", "prompt"]
+    layer: int | None = None  # hidden_states index reported in tables; None -> stage1.align_layer or the middle
 
 
 class EvalConfig(Section):
@@ -175,9 +185,16 @@ class EvalConfig(Section):
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     mgsm_shots: int = Field(0, ge=0)
+    mgsm_exemplars: str | None = None  # TSV (question, answer) or JSONL file of exemplars; needed when shots > 0
+    data_files: dict[str, str] = {}  # benchmark -> local file pattern with {code}, overriding the mirror path
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # lm-eval parity is defined in float32 on CPU
+    share_context: bool = True  # one forward pass per shared context (KV cache) in log-likelihood scoring
     alignment: AlignmentEvalConfig = AlignmentEvalConfig()
     bootstrap_resamples: int = Field(1000, ge=10)
     bootstrap_seed: int = 0
+    include_stage1: bool = False  # also evaluate the stage-1 checkpoints (AlignX and control)
+
+    _check_languages = field_validator("languages")(check_language_codes)
 
 
 # ---------------------------------------------------------------- pipeline
@@ -196,20 +213,15 @@ class PipelineConfig(Section):
     arms: list[Literal["base", "sft", "control", "alignx"]] = list(ARMS)
     dispatch: Literal["local", "deployments"] = "local"
 
-    @model_validator(mode="after")
-    def _check_languages(self) -> "PipelineConfig":
-        problems = []
-        for code in [self.pivot, *self.languages, *(self.eval.languages or [])]:
-            if code not in LANGUAGES:
-                problems.append(f"unknown language code {code!r}; known: {', '.join(sorted(LANGUAGES))}")
-        for code in self.data.langid.policies:
-            if code not in LANGUAGES:
-                problems.append(f"data.langid.policies: unknown language code {code!r}")
-        if "alignx" not in self.arms and "control" in self.arms:
-            problems.append("arm 'control' is only meaningful beside 'alignx'")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    _check_pivot = field_validator("pivot")(check_language_codes)
+    _check_languages = field_validator("languages")(check_language_codes)
+
+    @field_validator("arms")
+    @classmethod
+    def _check_arms(cls, arms: list[str]) -> list[str]:
+        if "control" in arms and "alignx" not in arms:
+            raise ValueError("arm 'control' is only meaningful beside 'alignx'")
+        return arms
 
     def resolved_run_root(self) -> Path:
         root = Path(self.run_root) if self.run_root else Path("data") / "runs" / self.name

@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export HF_HUB_DISABLE_TELEMETRY = 1
+
+.PHONY: demo test science install bench clean-runs
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/alignx pipeline --profile demo
+
+science: $(STAMP)
+	$(VENV)/bin/alignx pipeline --profile science
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -x --timeout=900 tests
+
+bench: $(STAMP)
+	$(PY) bench/data_throughput.py --pairs 200000
+	$(PY) bench/train_step.py
+	$(PY) bench/eval_throughput.py
+
+clean-runs:
+	rm -rf data/runs .prefect/storage

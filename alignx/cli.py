@@ -1,0 +1,169 @@
+"""The ``alignx`` command: run flows locally (Prefect's ephemeral API by default), deploy, start workers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from alignx.config import REPO_ROOT, ConfigError, available_profiles
+
+
+def _prefect_env() -> None:
+    # Must be set before prefect is imported; a user's own settings win.
+    os.environ.setdefault("PREFECT_HOME", str(REPO_ROOT / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+    widths = {c: max(len(str(c)), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    line = "  ".join(str(c).ljust(widths[c]) for c in cols)
+    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join([line, "-" * len(line), *body])
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from alignx.artefacts import Artefact
+    from alignx.data.stages import summary_table
+    from flows.params import RunParams
+    from flows.stages import data_flow
+
+    record = Artefact.model_validate(data_flow(RunParams(profile=args.profile, overrides=_overrides(args.set))))
+    from alignx.artefacts import read_marker
+
+    print(f"shards: {record.path}")
+    filtered = record.meta.get("filtered")
+    marker = read_marker(Path(filtered)) if filtered else None
+    if marker is not None:
+        print(_table(summary_table(marker)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flows import stages
+    from flows.params import RunParams, StageParams
+
+    overrides = _overrides(args.set)
+    if args.stage == "bootstrap":
+        result = stages.bootstrap_flow(RunParams(profile=args.profile, overrides=overrides))
+    else:
+        flow = stages.stage1_flow if args.stage == "stage1" else stages.stage2_flow
+        result = flow(StageParams(profile=args.profile, overrides=overrides, arm=args.arm))
+    print(f"checkpoint: {result['path']}")
+    print(json.dumps(result.get("meta", {}).get("final_loss", result.get("meta", {})), indent=2, default=str))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from flows.params import StageParams
+    from flows.stages import evaluate_flow
+
+    overrides = _overrides(args.set)
+    if args.benchmarks:
+        overrides["eval.benchmarks"] = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    result = evaluate_flow(StageParams(profile=args.profile, overrides=overrides), model_path=str(Path(args.model).resolve()))
+    metrics = json.loads((Path(result["path"]) / "metrics.json").read_text(encoding="utf-8"))
+    rows = [{"task": t, **{m: (f"{v:.4f}" if isinstance(v, float) else v) for m, v in ms.items() if not isinstance(v, (dict, list))}}
+            for t, ms in metrics["results"].items()]
+    print(_table(rows))
+    print(f"metrics: {Path(result['path']) / 'metrics.json'}")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from flows.params import PipelineParams
+    from flows.pipeline import pipeline
+
+    params = PipelineParams(profile=args.profile, overrides=_overrides(args.set),
+                            arms=args.arms.split(",") if args.arms else None, stop_after=args.stop_after)
+    result = pipeline(params)
+    print(json.dumps(result, indent=2))
+    if "report" in result:
+        print(f"\nreport: {result['report']}")
+    return 0
+
+
+POOLS = ("alignx-cpu", "alignx-gpu")
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Create the work pools and the ``gpu`` task concurrency limit, then register every deployment."""
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    env = {**os.environ, "ALIGNX_REPO": str(REPO_ROOT)}
+    for pool in POOLS:
+        subprocess.run([prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                       cwd=REPO_ROOT, env=env, check=True)
+    subprocess.run([prefect, "concurrency-limit", "create", "gpu", str(args.gpu_slots)], cwd=REPO_ROOT, env=env, check=True)
+    return subprocess.call([prefect, "--no-prompt", "deploy", "--all"], cwd=REPO_ROOT, env=env)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    cmd = [str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", args.pool, "--type", "process"]
+    return subprocess.call(cmd, cwd=REPO_ROOT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignx", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_profile(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--profile", default="demo", help=f"one of: {', '.join(available_profiles())}")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override, dotted key, JSON value (repeatable)")
+        return p
+
+    with_profile(sub.add_parser("data", help="collect -> language-ID filter -> shards")).set_defaults(fn=cmd_data)
+    p = with_profile(sub.add_parser("train", help="train one stage"))
+    p.add_argument("stage", choices=["bootstrap", "stage1", "stage2"])
+    p.add_argument("--arm", default="alignx", choices=["alignx", "control", "sft"])
+    p.set_defaults(fn=cmd_train)
+    p = with_profile(sub.add_parser("eval", help="evaluate a checkpoint directory"))
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--benchmarks", default=None, help="comma-separated benchmark names")
+    p.set_defaults(fn=cmd_eval)
+    p = with_profile(sub.add_parser("pipeline", help="the end-to-end pipeline"))
+    p.add_argument("--arms", default=None, help="comma-separated arms (base,sft,control,alignx)")
+    p.add_argument("--stop-after", default=None, choices=["data", "bootstrap", "stage1", "stage2", "evaluate"])
+    p.set_defaults(fn=cmd_pipeline)
+    p = sub.add_parser("deploy", help="create pools and the gpu limit, register the deployments of prefect.yaml")
+    p.add_argument("--gpu-slots", type=int, default=1, help="training stages allowed at once (one per GPU worker)")
+    p.set_defaults(fn=cmd_deploy)
+    p = sub.add_parser("worker", help="start a process worker on a work pool")
+    p.add_argument("--pool", default="alignx-cpu")
+    p.set_defaults(fn=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _prefect_env()
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

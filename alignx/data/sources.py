@@ -1,0 +1,324 @@
+"""Source readers and the source catalogue (``data/sources.yaml``).
+
+A reader turns one catalogue entry into streams of (src_text, tgt_text) batches per language pair.
+Kinds: ``line_aligned`` (two line-aligned files per pair, Tatoeba), ``multiway`` (one line-aligned
+file per language, NTREX / FLORES), ``table`` (JSONL / TSV / Parquet with named columns) and
+``hub`` (``datasets.load_dataset``: a hub id, or a local copy saved with ``save_to_disk``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, ClassVar, Literal
+
+import pyarrow.parquet as pq
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from alignx.artefacts import file_digest, tree_fingerprint
+from alignx.config import SOURCES_FILE, ConfigError, fingerprint
+from alignx.languages import get_language
+from alignx.mirror import MIRROR_ENV, DataUnavailableError, hub_offline
+
+log = logging.getLogger(__name__)
+
+TextPair = tuple[str, str]
+BATCH_ROWS = 4096  # rows per yielded batch: big enough to amortise, small enough to keep memory flat
+
+
+class SourceError(ValueError):
+    """A source's content is not what its catalogue entry says (bad encoding, lengths, columns)."""
+
+
+class MissingSourceFile(SourceError, FileNotFoundError):
+    """A file that a catalogue entry declares is absent."""
+
+
+# ---------------------------------------------------------------- catalogue parameters
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cross_pairs: bool = False  # also X<->Y between non-pivot languages (multi-way sets)
+
+    @field_validator("languages", "pairs", check_fields=False)
+    @classmethod
+    def _known_codes(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or []:
+            for code in item.split("-"):
+                get_language(code)  # raises, listing the known codes
+        return value
+
+
+class HubParams(_Params):
+    path: str  # hub id (Helsinki-NLP/opus-100) or a local dataset folder
+    mirror_path: str | None = None  # local copy inside the data mirror: <mirror>/<mirror_path>/<config>
+    layout: Literal["pairs", "multiway"] = "pairs"
+    config: str | None = "{pair}"  # per pair ("pairs") or per language ("multiway"); see _fields
+    split: str = "train"
+    field: str = "translation"  # "pairs": a dict column keyed by language code
+    column: str = "text"  # "multiway": the text column of each language's config
+    pairs: list[str] | None = None  # "pairs": the language pairs the set holds, e.g. en-de
+    languages: list[str] | None = None  # "multiway": the languages the set holds
+
+
+class LineAlignedParams(_Params):
+    path: str  # folder, relative to the data mirror
+    files: str  # template for one side's file, relative to path
+    pairs: list[str]  # language pairs the folder holds, e.g. en-de
+    hub: HubParams | None = None
+
+
+class MultiwayParams(_Params):
+    path: str
+    files: str | dict[str, str]  # template, or per language with "*" as the default
+    languages: list[str]
+    hub: HubParams | None = None
+
+
+class TableParams(_Params):
+    path: str  # one file; relative paths are inside the data mirror
+    format: Literal["jsonl", "tsv", "parquet"] | None = None  # None -> from the suffix
+    columns: dict[str, str]  # language code -> column holding its text (one row = aligned texts)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_column_codes(cls, value: dict[str, str]) -> dict[str, str]:
+        for code in value:
+            get_language(code)
+        return value
+
+
+def _fields(*codes: str) -> dict[str, str]:
+    """Template fields: {code} {iso3} {flores} {ntrex} of the (last) language, and {pair} {pair3} {src} {tgt}."""
+    langs = [get_language(c) for c in codes]
+    last = langs[-1]
+    out = {"code": last.code, "iso3": last.iso3, "flores": last.flores, "ntrex": last.ntrex or last.iso3}
+    if len(codes) == 2:
+        out.update(src=codes[0], tgt=codes[1], pair="-".join(sorted(codes)),
+                   pair3="-".join(sorted(lang.iso3 for lang in langs)))
+    return out
+
+
+def _declared(pairs: list[str]) -> set[frozenset[str]]:
+    return {frozenset(p.split("-")) for p in pairs}
+
+
+def _wanted_pairs(pivot: str, languages: list[str], has_pair, cross: bool) -> list[tuple[str, str]]:
+    """(pivot, X) for every requested X the source holds; (X, Y) in sorted order when cross pairs are on."""
+    out = [(pivot, x) for x in languages if x != pivot and has_pair(pivot, x)]
+    if cross:
+        others = sorted(x for x in languages if x != pivot)
+        out += [(a, b) for a, b in itertools.combinations(others, 2) if has_pair(a, b)]
+    return out
+
+
+# ---------------------------------------------------------------- line reading
+def _decode(raw: bytes, path: Path, line_no: int) -> str:
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"{path}: line {line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start} of the line)"
+        ) from None
+
+
+def _open(path: Path) -> IO[bytes]:
+    if not path.is_file():
+        raise MissingSourceFile(f"missing file {path} (declared by the source catalogue)")
+    return path.open("rb")
+
+
+def read_aligned_files(src_path: Path, tgt_path: Path, limit: int | None = None) -> Iterator[list[TextPair]]:
+    """Stream two line-aligned UTF-8 files as batches of (src, tgt) pairs; the first ``limit`` lines.
+
+    The files must have the same number of lines, also when ``limit`` stops reading early (the rest
+    is counted, not decoded).
+    """
+    with _open(src_path) as fa, _open(tgt_path) as fb:
+        batch: list[TextPair] = []
+        n = 0
+        for n, (a, b) in enumerate(zip(fa, fb), start=1):
+            if limit is not None and n > limit:
+                n -= 1
+                fa = itertools.chain([a], fa)
+                fb = itertools.chain([b], fb)
+                break
+            batch.append((_decode(a, src_path, n), _decode(b, tgt_path, n)))
+            if len(batch) >= BATCH_ROWS:
+                yield batch
+                batch = []
+        rest_a, rest_b = sum(1 for _ in fa), sum(1 for _ in fb)
+        if rest_a != rest_b:
+            raise SourceError(
+                f"line counts differ between aligned files: {src_path} has {n + rest_a} lines, "
+                f"{tgt_path} has {n + rest_b} lines"
+            )
+        if batch:
+            yield batch
+
+
+# ---------------------------------------------------------------- readers
+class PairReader:
+    """One catalogue entry: which language pairs it holds and how to stream them."""
+
+    kind: ClassVar[str]
+    Params: ClassVar[type[_Params]]
+
+    def __init__(self, name: str, params: _Params, mirror: Path | None):
+        self.name, self.params, self.mirror = name, params, mirror
+
+    def _local(self, relative: str) -> Path:
+        path = Path(relative)
+        if path.is_absolute() or self.mirror is None:
+            return path
+        return self.mirror / path
+
+    def has_pair(self, a: str, b: str) -> bool:
+        raise NotImplementedError  # every reader kind defines it
+
+    def pairs(self, pivot: str, languages: list[str]) -> list[tuple[str, str]]:
+        """The requested language pairs this source holds, pivot first."""
+        for code in [pivot, *languages]:
+            get_language(code)
+        return _wanted_pairs(pivot, languages, self.has_pair, self.params.cross_pairs)
+
+    def read(self, src: str, tgt: str, limit: int | None = None) -> Iterator[list[TextPair]]:
+        """Batches of (src_text, tgt_text) for one language pair, in file order, at most ``limit`` rows."""
+        raise NotImplementedError  # every reader kind defines it
+
+    def files(self, src: str, tgt: str) -> list[Path]:
+        """Input files of one pair (for fingerprints); empty when read from the hub."""
+        return []
+
+
+class LineAlignedReader(PairReader):
+    """Two line-aligned files per pair (Tatoeba: ``<pair3>/tatoeba.<pair3>.<iso3>``)."""
+
+    kind = "line_aligned"
+    Params = LineAlignedParams
+
+    def has_pair(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) in _declared(self.params.pairs)
+
+    def files(self, src: str, tgt: str) -> list[Path]:
+        root = self._local(self.params.path)
+        fields = _fields(src, tgt)
+        return [root / self.params.files.format(**{**fields, **_fields(code)}) for code in (src, tgt)]
+
+    def read(self, src: str, tgt: str, limit: int | None = None) -> Iterator[list[TextPair]]:
+        _require_pair(self, src, tgt)
+        return read_aligned_files(*self.files(src, tgt), limit=limit)
+
+
+class MultiwayReader(PairReader):
+    """One line-aligned file per language (NTREX-128, FLORES-200): line i is the same sentence in each."""
+
+    kind = "multiway"
+    Params = MultiwayParams
+
+    def has_pair(self, a: str, b: str) -> bool:
+        return a in self.params.languages and b in self.params.languages
+
+    def _file(self, code: str) -> Path:
+        files = self.params.files
+        template = files if isinstance(files, str) else files.get(code, files.get("*"))
+        if template is None:
+            raise SourceError(f"source {self.name!r}: no file template for {code!r} and no '*' default")
+        return self._local(self.params.path) / template.format(**_fields(code))
+
+    def files(self, src: str, tgt: str) -> list[Path]:
+        return [self._file(src), self._file(tgt)]
+
+    def read(self, src: str, tgt: str, limit: int | None = None) -> Iterator[list[TextPair]]:
+        _require_pair(self, src, tgt)
+        return read_aligned_files(*self.files(src, tgt), limit=limit)
+
+
+class TableReader(PairReader):
+    """A JSONL / TSV / Parquet file whose rows hold aligned texts in named columns (one per language)."""
+
+    kind = "table"
+    Params = TableParams
+
+    def has_pair(self, a: str, b: str) -> bool:
+        return a in self.params.columns and b in self.params.columns
+
+    def files(self, src: str, tgt: str) -> list[Path]:
+        return [self._local(self.params.path)]
+
+    def read(self, src: str, tgt: str, limit: int | None = None) -> Iterator[list[TextPair]]:
+        _require_pair(self, src, tgt)
+        path = self.files(src, tgt)[0]
+        if not path.is_file():
+            raise MissingSourceFile(f"missing file {path} (source {self.name!r} in the catalogue)")
+        fmt = self.params.format or {".jsonl": "jsonl", ".tsv": "tsv", ".parquet": "parquet"}.get(path.suffix)
+        if fmt is None:
+            raise SourceError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
+                              f"set format: jsonl, tsv or parquet")
+        cols = (self.params.columns[src], self.params.columns[tgt])
+        rows = {"jsonl": _jsonl_rows, "tsv": _tsv_rows, "parquet": _parquet_rows}[fmt](path, cols)
+        return _batched(itertools.islice(rows, limit))
+
+
+def _missing_column(path: Path, wanted: tuple[str, ...], found: list[str], where: str = "") -> SourceError:
+    missing = [c for c in wanted if c not in found]
+    return SourceError(f"{path}{where}: missing column {', '.join(map(repr, missing))}; "
+                       f"columns found: {', '.join(map(repr, found)) or '(none)'}")
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _jsonl_rows(path: Path, cols: tuple[str, str]) -> Iterator[TextPair]:
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            line = _decode(raw, path, n)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{path}: line {n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or cols[0] not in row or cols[1] not in row:
+                raise _missing_column(path, cols, list(row) if isinstance(row, dict) else [], f": line {n}")
+            yield _text(row[cols[0]]), _text(row[cols[1]])
+
+
+def _tsv_rows(path: Path, cols: tuple[str, str]) -> Iterator[TextPair]:
+    with path.open("rb") as fh:
+        header = _decode(next(fh, b""), path, 1).split("\t")
+        if cols[0] not in header or cols[1] not in header:
+            raise _missing_column(path, cols, header, " (header line)")
+        ia, ib = header.index(cols[0]), header.index(cols[1])
+        for n, raw in enumerate(fh, start=2):
+            fields = _decode(raw, path, n).split("\t")
+            if len(fields) != len(header):
+                raise SourceError(f"{path}: line {n}: expected {len(header)} tab-separated fields "
+                                  f"(as in the header), found {len(fields)}")
+            yield fields[ia], fields[ib]
+
+
+def _parquet_rows(path: Path, cols: tuple[str, str]) -> Iterator[TextPair]:
+    pf = pq.ParquetFile(path)
+    found = pf.schema_arrow.names
+    if cols[0] not in found or cols[1] not in found:
+        raise _missing_column(path, cols, found)
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=list(dict.fromkeys(cols))):
+        a, b = batch.column(cols[0]).to_pylist(), batch.column(cols[1]).to_pylist()
+        yield from zip(map(_text, a), map(_text, b))
+
+
+def _batched(rows: Iterator[TextPair]) -> Iterator[list[TextPair]]:
+    while batch := list(itertools.islice(rows, BATCH_ROWS)):
+        yield batch
+
+
+def _require_pair(reader: PairReader, src: str, tgt: str) -> None:
+    get_language(src), get_language(tgt)
+    if not reader.has_pair(src, tgt):
+        raise SourceError(f"source {reader.name!r} does not hold the pair {src}-{tgt}")

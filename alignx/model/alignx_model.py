@@ -1,0 +1,148 @@
+"""The AlignX wrapper: any Hugging Face causal LM plus the language-matching head and the stage-1 loss.
+
+One forward pass per batch gives L_lm, and the hidden states of ``align_layer`` (for L_ctr) and of
+the last layer (for L_lam) over the spans that collation carries. Only those two layers' states
+are kept: the tuple of all layers is dropped as soon as the two are taken.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from alignx.model.losses import LanguageMatchingHead, contrastive_loss, language_matching_loss, lm_loss, span_mean
+
+log = logging.getLogger(__name__)
+
+LAM_HEAD_FILE = "lam_head.safetensors"
+
+
+def num_layers(model: nn.Module) -> int:
+    """Number of transformer blocks of a Hugging Face causal LM (from its config)."""
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text_config.num_hidden_layers)
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text_config.hidden_size)
+
+
+def check_align_layer(align_layer: int, n_layers: int) -> None:
+    """Raise unless ``align_layer`` indexes a transformer block's output (1..n_layers)."""
+    if not 1 <= align_layer <= n_layers:
+        raise ValueError(
+            f"align_layer={align_layer} is out of range: the model has {n_layers} layers, so align_layer "
+            f"must be within 1..{n_layers} (hidden_states index; 0 would be the embeddings)"
+        )
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions counted from each row's first real token, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class LossParts:
+    """The total loss (with its graph) and detached parts for logging."""
+
+    loss: Tensor
+    lm: float
+    ctr: float
+    lam: float
+    usable: int  # examples that counted for L_ctr / L_lam
+
+    def as_dict(self) -> dict[str, float]:
+        return {"loss": float(self.loss.detach()), "lm": self.lm, "ctr": self.ctr, "lam": self.lam,
+                "usable": float(self.usable)}
+
+
+class AlignXModel(nn.Module):
+    """A causal LM trained with ``L_lm + lambda_ctr * L_ctr + lambda_lam * L_lam``.
+
+    With a lambda at 0 its term is still computed for logging, under ``no_grad``, so the control
+    arm's curves are comparable while its gradients are those of plain language modelling.
+    """
+
+    def __init__(
+        self,
+        lm: nn.Module,
+        align_layer: int,
+        tau: float = 0.1,
+        lambda_ctr: float = 0.3,
+        lambda_lam: float = 0.4,
+        lam_width: int = 128,
+    ):
+        super().__init__()
+        check_align_layer(align_layer, num_layers(lm))
+        self.lm = lm
+        self.align_layer = align_layer
+        self.tau = tau
+        self.lambda_ctr = lambda_ctr
+        self.lambda_lam = lambda_lam
+        self.lam_head = LanguageMatchingHead(hidden_size(lm), lam_width).to(lm.dtype)
+
+    def forward(self, batch: dict[str, Tensor]) -> LossParts:
+        """Loss parts for one collated micro-batch (see ``alignx.data.collate.collate``)."""
+        out = self.lm(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=position_ids_from_mask(batch["attention_mask"]),
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        align_states, final_states = out.hidden_states[self.align_layer], out.hidden_states[-1]
+        l_lm = lm_loss(out.logits, batch["labels"])
+        del out  # drop the other layers' states and the logits' container right away
+
+        ok = batch["span_ok"]
+        usable = int(ok.sum())
+        src, tgt = batch["src_span"][ok], batch["tgt_span"][ok]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.lambda_ctr > 0):
+            if usable >= 2:
+                hx = span_mean(align_states[ok], src)
+                hy = span_mean(align_states[ok], tgt)
+                l_ctr = contrastive_loss(hx, hy, self.tau)
+            else:
+                l_ctr = align_states.sum() * 0.0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.lambda_lam > 0):
+            if usable >= 1:
+                ex = span_mean(final_states[ok], src, shift=1)
+                ey = span_mean(final_states[ok], tgt, shift=1)
+                langs = torch.cat([batch["src_lang"][ok], batch["tgt_lang"][ok]])
+                l_lam = language_matching_loss(self.lam_head, torch.cat([ex, ey]), langs)
+            else:
+                l_lam = final_states.sum() * 0.0
+        loss = l_lm
+        if self.lambda_ctr > 0:
+            loss = loss + self.lambda_ctr * l_ctr
+        if self.lambda_lam > 0:
+            loss = loss + self.lambda_lam * l_lam
+        return LossParts(loss, float(l_lm.detach()), float(l_ctr.detach()), float(l_lam.detach()), usable)
+
+    def save_head(self, directory: Path) -> None:
+        """Write the language-matching head beside a checkpoint (stage 2 does not load it)."""
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.lam_head.state_dict().items()}
+        save_file(tensors, str(Path(directory) / LAM_HEAD_FILE))
+
+    def load_head(self, directory: Path) -> None:
+        self.lam_head.load_state_dict(load_file(str(Path(directory) / LAM_HEAD_FILE)))
+
+
+def lm_only_loss(lm: nn.Module, batch: dict[str, Tensor]) -> LossParts:
+    """Plain language modelling (bootstrap pre-training and stage-2 SFT) as LossParts."""
+    out = lm(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=position_ids_from_mask(batch["attention_mask"]),
+        use_cache=False,
+    )
+    loss = lm_loss(out.logits, batch["labels"])
+    return LossParts(loss, float(loss.detach()), 0.0, 0.0, 0)

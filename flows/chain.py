@@ -1,0 +1,144 @@
+"""The stage chain shared by the pipeline flow and the single-stage flows.
+
+Each function calls cached tasks and verifies what they return, so a stage rerun alone finds its
+upstream artefacts as cache hits. With ``dispatch: deployments`` heavy stages run as child flow runs
+of their own deployments (on the GPU pool) and their artefact records come back through the run root.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.deployments import run_deployment
+from prefect.logging import get_run_logger
+
+from alignx.artefacts import Artefact, atomic_write_text, verify_artefact
+from alignx.config import PipelineConfig
+from alignx.data import stages as data_stages
+from alignx.eval import runner
+from tasks import data as data_tasks
+from tasks import evaluate as eval_tasks
+from tasks import train as train_tasks
+from tasks.caching import run_verified
+
+STAGE_DEPLOYMENTS = {
+    "bootstrap": "bootstrap/alignx-bootstrap",
+    "stage1": "stage1/alignx-stage1",
+    "stage2": "stage2/alignx-stage2",
+    "evaluate": "evaluate/alignx-evaluate",
+}
+
+
+def run_data(cfg: PipelineConfig) -> Artefact:
+    """collect (one task per source, concurrently) -> language-ID filter -> shards."""
+    futures = [
+        data_tasks.collect.submit(src, data_stages.source_fingerprint(src, cfg), cfg) for src in cfg.data.sources
+    ]
+    raw = [f.result() for f in futures]
+    for i, record in enumerate(raw):
+        if not verify_artefact(record):
+            raw[i] = run_verified(data_tasks.collect, cfg.data.sources[i], data_stages.source_fingerprint(cfg.data.sources[i], cfg), cfg)
+    filtered = run_verified(data_tasks.langid_filter, raw, cfg)
+    shards = run_verified(data_tasks.shard, filtered, cfg)
+    rows = data_stages.summary_table(filtered)
+    create_table_artifact(rows, key="data-counts", description="pairs in, kept and rejected per reason, per language pair")
+    for warning in filtered.meta.get("warnings", []):
+        get_run_logger().warning("language ID: %s", warning)
+    return shards
+
+
+def run_base(cfg: PipelineConfig, shards: Artefact) -> Artefact:
+    if cfg.base_model:
+        return train_tasks.given_base_model(cfg)
+    return dispatch_or_run(cfg, "bootstrap", {"shards": shards}, lambda: run_verified(train_tasks.bootstrap, shards, cfg))
+
+
+def run_stage1(cfg: PipelineConfig, base: Artefact, shards: Artefact, arm: str) -> Artefact:
+    control = arm == "control"
+    return dispatch_or_run(cfg, "stage1", {"base": base, "shards": shards}, lambda: run_verified(
+        train_tasks.stage1, base, shards, cfg, control=control), arm=arm)
+
+
+def run_stage2(cfg: PipelineConfig, start: Artefact, shards: Artefact, arm: str) -> Artefact:
+    return dispatch_or_run(cfg, "stage2", {"model": start, "shards": shards}, lambda: run_verified(
+        train_tasks.stage2, start, shards, cfg, arm), arm=arm)
+
+
+def run_evaluate(cfg: PipelineConfig, model: Artefact, name: str) -> Artefact:
+    bench_fp = runner.benchmark_fingerprint(cfg)
+    return dispatch_or_run(cfg, "evaluate", {"model": model}, lambda: run_verified(
+        eval_tasks.evaluate, model, bench_fp, cfg, name), arm=name)
+
+
+def train_arm(cfg: PipelineConfig, arm: str, base: Artefact, shards: Artefact) -> dict[str, Artefact]:
+    """The checkpoints of one arm: base -> (stage 1) -> stage 2."""
+    if arm == "base":
+        return {"final": base}
+    if arm == "sft":
+        return {"final": run_stage2(cfg, base, shards, "sft")}
+    s1 = run_stage1(cfg, base, shards, arm)
+    return {"stage1": s1, "final": run_stage2(cfg, s1, shards, arm)}
+
+
+# ---------------------------------------------------------------- dispatch to deployments
+def dispatch_or_run(cfg: PipelineConfig, stage: str, inputs: dict[str, Artefact], local: Any, arm: str = "alignx") -> Artefact:
+    if cfg.dispatch == "local":
+        return local()
+    return dispatch_stage(stage, cfg, inputs, arm)
+
+
+@task(name="dispatch-stage", retries=0)
+def dispatch_stage(stage: str, cfg: PipelineConfig, inputs: dict[str, Artefact], arm: str) -> Artefact:
+    """Run a stage as a child run of its deployment and return its artefact; fail with the child's message."""
+    params = {
+        "params": {"profile": cfg.name, "overrides": cfg.model_dump(mode="json", exclude={"name"}), "arm": arm},
+        "inputs": {k: v.model_dump(mode="json") for k, v in inputs.items()},
+    }
+    run = run_deployment(STAGE_DEPLOYMENTS[stage], parameters=params, timeout=None)
+    if run.state is None or not run.state.is_completed():
+        state = run.state.name if run.state else "unknown"
+        message = run.state.message if run.state else ""
+        raise RuntimeError(f"stage {stage!r} (child flow run {run.name}) ended {state}: {message}")
+    record_file = result_record_path(cfg, str(run.id))
+    if not record_file.is_file():
+        raise RuntimeError(f"stage {stage!r} completed but wrote no result record at {record_file}")
+    record = Artefact.model_validate_json(record_file.read_text(encoding="utf-8"))
+    if not verify_artefact(record):
+        raise RuntimeError(f"stage {stage!r} artefact at {record.path} is missing or fails verification")
+    return record
+
+
+def result_record_path(cfg: PipelineConfig, flow_run_id: str) -> Path:
+    return cfg.resolved_run_root() / "runs" / f"{flow_run_id}.json"
+
+
+def publish_result(cfg: PipelineConfig, record: Artefact) -> None:
+    """Write a stage flow's result where a dispatching parent finds it (shared run root)."""
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        atomic_write_text(result_record_path(cfg, str(flow_run.id)), record.model_dump_json(indent=2))
+
+
+def load_inputs(inputs: dict[str, Any] | None) -> dict[str, Artefact]:
+    return {k: Artefact.model_validate(v) for k, v in (inputs or {}).items()}
+
+
+def curves_of(models: dict[str, dict[str, Artefact]]) -> dict[str, str]:
+    """Training-curve files of every trained checkpoint, by arm and stage."""
+    out = {}
+    for arm, stages in models.items():
+        for stage, record in stages.items():
+            log = Path(record.path) / "train_log.jsonl"
+            if log.is_file() and not (arm == "base" and stage == "final" and record.meta.get("source") == "given"):
+                label = arm if stage == "final" else f"{arm}-{stage}"
+                out[label] = str(log)
+    return out
+
+
+def as_json(record: Artefact) -> dict[str, Any]:
+    return json.loads(record.model_dump_json())

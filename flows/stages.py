@@ -1,0 +1,86 @@
+"""One flow per stage, each its own deployment so a single stage can be (re)run from the UI.
+
+A stage flow takes the previous stages' artefact records as ``inputs`` when a dispatching pipeline
+passes them; triggered alone, it finds them through the cached upstream tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from alignx.artefacts import Artefact
+from flows import chain
+from flows.params import RunParams, StageParams
+
+
+def _upstream(params: RunParams, inputs: dict[str, Any] | None, need: tuple[str, ...]) -> tuple[Any, dict[str, Artefact]]:
+    cfg = params.config()
+    got = chain.load_inputs(inputs)
+    if "shards" in need and "shards" not in got:
+        got["shards"] = chain.run_data(cfg.model_copy(update={"dispatch": "local"}))
+    if "base" in need and "base" not in got:
+        got["base"] = chain.run_base(cfg.model_copy(update={"dispatch": "local"}), got["shards"])
+    return cfg.model_copy(update={"dispatch": "local"}), got
+
+
+@flow(name="data", log_prints=False)
+def data_flow(params: RunParams = RunParams()) -> dict[str, Any]:
+    """collect -> language-ID filter -> Parquet shards."""
+    cfg = params.config()
+    record = chain.run_data(cfg)
+    chain.publish_result(cfg, record)
+    return chain.as_json(record)
+
+
+@flow(name="bootstrap")
+def bootstrap_flow(params: RunParams = RunParams(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train the offline base model on the shards (skipped when the profile names a base model)."""
+    cfg, got = _upstream(params, inputs, ("shards",))
+    record = chain.run_base(cfg, got["shards"])
+    chain.publish_result(cfg, record)
+    return chain.as_json(record)
+
+
+@flow(name="stage1")
+def stage1_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stage-1 alignment pre-training of the AlignX arm (or the control arm: both lambdas 0)."""
+    if params.arm not in ("alignx", "control"):
+        raise ValueError(f"stage1 trains arm 'alignx' or 'control', not {params.arm!r}")
+    cfg, got = _upstream(params, inputs, ("shards", "base"))
+    record = chain.run_stage1(cfg, got["base"], got["shards"], params.arm)
+    chain.publish_result(cfg, record)
+    return chain.as_json(record)
+
+
+@flow(name="stage2")
+def stage2_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stage-2 instruction tuning of an arm: from its stage-1 checkpoint, or from base for 'sft'."""
+    if params.arm == "base":
+        raise ValueError("stage2 trains arm 'sft', 'control' or 'alignx', not 'base'")
+    cfg, got = _upstream(params, inputs, ("shards", "base") if "model" not in (inputs or {}) else ("shards",))
+    start = got.get("model")
+    if start is None:
+        start = got["base"] if params.arm == "sft" else chain.run_stage1(cfg, got["base"], got["shards"], params.arm)
+    record = chain.run_stage2(cfg, start, got["shards"], params.arm)
+    chain.publish_result(cfg, record)
+    return chain.as_json(record)
+
+
+@flow(name="evaluate")
+def evaluate_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | None = None,
+                  model_path: str | None = None) -> dict[str, Any]:
+    """Evaluate one arm's final model, or any checkpoint directory given as ``model_path``."""
+    cfg = params.config().model_copy(update={"dispatch": "local"})
+    got = chain.load_inputs(inputs)
+    if model_path:
+        from alignx.artefacts import tree_fingerprint
+
+        got["model"] = Artefact(kind="model", path=model_path, fingerprint=tree_fingerprint(model_path))
+    if "model" not in got:
+        cfg_up, up = _upstream(params, None, ("shards", "base"))
+        got["model"] = chain.train_arm(cfg_up, params.arm, up["base"], up["shards"])["final"]
+    record = chain.run_evaluate(cfg, got["model"], params.arm)
+    chain.publish_result(cfg, record)
+    return chain.as_json(record)

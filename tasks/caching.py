@@ -1,0 +1,120 @@
+"""Cache keys, retry rules and cache verification shared by every AlignX task.
+
+A task's cache key is its own source + a hash of the library code it runs + the config sections it
+reads + the fingerprints of its input artefacts (never a pickle of data, never INPUTS alone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.transactions import IsolationLevel
+
+from alignx.artefacts import Artefact, verify_artefact
+from alignx.config import REPO_ROOT, PipelineConfig, fingerprint
+
+logger = logging.getLogger(__name__)
+
+LOCK_DIR = Path(os.environ.get("ALIGNX_LOCK_DIR", REPO_ROOT / "data" / "cache" / "locks"))
+_code_cache: dict[tuple[str, ...], str] = {}
+
+
+def code_fingerprint(packages: Iterable[str]) -> str:
+    """Hash of the Python sources under the given repo-relative folders or files."""
+    key = tuple(sorted(packages))
+    if key not in _code_cache:
+        h = hashlib.sha256()
+        for rel in key:
+            root = REPO_ROOT / rel
+            files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+            for file in files:
+                h.update(file.relative_to(REPO_ROOT).as_posix().encode())
+                h.update(file.read_bytes())
+        _code_cache[key] = h.hexdigest()[:16]
+    return _code_cache[key]
+
+
+def config_part(cfg: PipelineConfig, dotted: str) -> Any:
+    """The value of a dotted config path (``data.filters``), as JSON-able data."""
+    node: Any = cfg
+    for name in dotted.split("."):
+        node = getattr(node, name)
+    return node.model_dump(mode="json") if hasattr(node, "model_dump") else node
+
+
+def _param_part(value: Any, sections: tuple[str, ...]) -> Any:
+    if isinstance(value, Artefact):
+        return value.fingerprint
+    if isinstance(value, PipelineConfig):
+        parts = {s: config_part(value, s) for s in sections}
+        parts["run_root"] = str(value.resolved_run_root())
+        return parts
+    if isinstance(value, (list, tuple)):
+        return [_param_part(v, sections) for v in value]
+    if isinstance(value, dict):
+        return {k: _param_part(v, sections) for k, v in sorted(value.items())}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def stage_cache(sections: Iterable[str], code: Iterable[str]) -> CacheKeyFnPolicy:
+    """A cache policy keyed on task source + library code + config sections + input fingerprints.
+
+    SERIALIZABLE isolation with a file lock manager: two runs computing the same key wait for each
+    other instead of writing the same artefact twice.
+    """
+    sections = tuple(sections)
+    code = tuple(code) + ("alignx/config.py", "alignx/artefacts.py", "alignx/languages.py")
+
+    def key_fn(context: Any, parameters: dict[str, Any]) -> str:
+        task_source = inspect.getsource(context.task.fn)
+        parts = {k: _param_part(v, sections) for k, v in sorted(parameters.items()) if k != "progress"}
+        return f"alignx-{context.task.name}-" + fingerprint(task_source, code_fingerprint(code), parts)
+
+    return CacheKeyFnPolicy(cache_key_fn=key_fn).configure(
+        isolation_level=IsolationLevel.SERIALIZABLE,
+        lock_manager=FileSystemLockManager(lock_files_directory=LOCK_DIR),
+    )
+
+
+# Errors that are worth a retry: transient I/O, not bad input.
+_NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True for transient failures (I/O hiccups, out-of-memory); False for bad input or bugs."""
+    if exc is None:
+        return False
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, (OSError, TimeoutError, ConnectionError)) and not isinstance(exc, _NOT_TRANSIENT)
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only transient errors, never bad input."""
+    try:
+        state.result()
+    except BaseException as exc:  # the failed state's exception comes back here
+        return is_transient(exc)
+    return False
+
+
+def run_verified(task: Callable[..., Artefact], *args: Any, **kwargs: Any) -> Artefact:
+    """Call a cached task; if the artefact it returns has vanished or changed, run it again for real."""
+    record = task(*args, **kwargs)
+    if verify_artefact(record):
+        return record
+    logger.warning("artefact %s is missing or altered; rebuilding it (cache refresh)", record.path)
+    record = task.with_options(refresh_cache=True)(*args, **kwargs)
+    if not verify_artefact(record):
+        raise RuntimeError(f"{task.name} produced an artefact that fails verification: {record.path}")
+    return record

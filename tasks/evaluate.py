@@ -1,0 +1,32 @@
+"""Prefect tasks for evaluation and the comparison report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from alignx.artefacts import Artefact
+from alignx.config import PipelineConfig, fingerprint
+from alignx.eval import runner, report
+from tasks.caching import retry_transient, stage_cache
+from tasks.observe import ProgressReporter
+
+EVAL_CODE = ("alignx/eval", "alignx/data/instructions.py", "alignx/mirror.py")
+_RETRY = dict(retries=1, retry_delay_seconds=[10], retry_condition_fn=retry_transient)
+
+
+@task(name="evaluate", cache_policy=stage_cache(["eval", "languages", "pivot", "data_mirror"], EVAL_CODE),
+      persist_result=True, tags=["gpu"], **_RETRY)
+def evaluate(model: Artefact, benchmark_fingerprint: str, cfg: PipelineConfig, name: str) -> Artefact:
+    """Benchmarks and alignment metrics of one checkpoint (keyed on model + benchmark data + config)."""
+    out = cfg.resolved_run_root() / "eval" / f"{name}-{fingerprint(model.fingerprint, benchmark_fingerprint, cfg.eval)}"
+    return runner.evaluate_model(model.path, cfg, out, progress=ProgressReporter(f"evaluate-{name}", f"evaluate {name}"))
+
+
+@task(name="report", cache_policy=stage_cache(["eval", "languages"], EVAL_CODE), persist_result=True, **_RETRY)
+def write_report(evals: dict[str, Artefact], curves: dict[str, str], cfg: PipelineConfig) -> Artefact:
+    """The comparison report (Markdown + plots) over every evaluated arm."""
+    out = cfg.resolved_run_root() / "report" / fingerprint({k: v.fingerprint for k, v in sorted(evals.items())}, cfg.eval)
+    return report.write_report({k: Path(v.path) for k, v in evals.items()}, cfg, out,
+                               curves={k: Path(v) for k, v in curves.items()})

@@ -1,0 +1,79 @@
+"""Prefect tasks for training: bootstrap base model, stage 1 (AlignX or control), stage 2 (SFT).
+
+Tagged ``gpu`` so a concurrency limit keeps one training stage per GPU worker. A retried task resumes
+from the last training checkpoint (the library keeps it beside the output directory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from prefect import task
+from prefect.logging import get_run_logger
+
+from alignx.artefacts import Artefact, tree_fingerprint
+from alignx.config import PipelineConfig, fingerprint
+from alignx.train import stages
+from tasks.caching import retry_transient, stage_cache
+from tasks.observe import ProgressReporter
+
+TRAIN_CODE = ("alignx/data", "alignx/model", "alignx/train")
+_RETRY = dict(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
+
+
+def _with_oom_fallback(run: Callable[[PipelineConfig], Artefact], cfg: PipelineConfig, section: str) -> Artefact:
+    """Run; on out-of-memory, retry once with gradient checkpointing (never a smaller micro-batch)."""
+    try:
+        return run(cfg)
+    except Exception as exc:
+        if type(exc).__name__ != "OutOfMemoryError" or getattr(cfg, section).train.gradient_checkpointing:
+            raise
+        get_run_logger().warning("%s ran out of memory; retrying with gradient checkpointing", section)
+        return run(cfg.model_copy(update={section: getattr(cfg, section).model_copy(
+            update={"train": getattr(cfg, section).train.model_copy(update={"gradient_checkpointing": True})})}))
+
+
+def model_dir(cfg: PipelineConfig, name: str, *parts: object) -> Path:
+    return cfg.resolved_run_root() / "models" / f"{name}-{fingerprint(*parts)}"
+
+
+def given_base_model(cfg: PipelineConfig) -> Artefact:
+    """The user's base model (hub id or local path) as an artefact record."""
+    path = Path(cfg.base_model)
+    fp = tree_fingerprint(path) if path.exists() else fingerprint(cfg.base_model)
+    return Artefact(kind="model", path=str(path) if path.exists() else cfg.base_model, fingerprint=fp,
+                    meta={"source": "given"})
+
+
+@task(name="bootstrap", cache_policy=stage_cache(["bootstrap", "languages", "pivot"], TRAIN_CODE),
+      persist_result=True, tags=["gpu"], **_RETRY)
+def bootstrap(shards: Artefact, cfg: PipelineConfig) -> Artefact:
+    """Train the offline base model (SentencePiece tokenizer + small Llama) on the train shards."""
+    out = model_dir(cfg, "base", shards.fingerprint, cfg.bootstrap)
+    return _with_oom_fallback(
+        lambda c: stages.bootstrap_base_model(Path(shards.path), c, out, progress=ProgressReporter("bootstrap", "bootstrap pretraining")),
+        cfg, "bootstrap")
+
+
+@task(name="stage1", cache_policy=stage_cache(["stage1", "languages", "pivot"], TRAIN_CODE),
+      persist_result=True, tags=["gpu"], **_RETRY)
+def stage1(base: Artefact, shards: Artefact, cfg: PipelineConfig, control: bool = False) -> Artefact:
+    """Stage-1 alignment pre-training; ``control`` trains the same steps with both lambdas at 0."""
+    arm = "control" if control else "alignx"
+    out = model_dir(cfg, f"{arm}-stage1", base.fingerprint, shards.fingerprint, cfg.stage1, control)
+    return _with_oom_fallback(
+        lambda c: stages.train_stage1(base.path, Path(shards.path), c, out, control=control,
+                                      progress=ProgressReporter(f"stage1-{arm}", f"stage 1 ({arm})")),
+        cfg, "stage1")
+
+
+@task(name="stage2", cache_policy=stage_cache(["stage2", "languages", "pivot"], TRAIN_CODE),
+      persist_result=True, tags=["gpu"], **_RETRY)
+def stage2(model: Artefact, shards: Artefact, cfg: PipelineConfig, arm: str) -> Artefact:
+    """Stage-2 instruction fine-tuning from ``model`` (the stage-1 checkpoint, or base for SFT-only)."""
+    out = model_dir(cfg, f"{arm}-stage2", model.fingerprint, shards.fingerprint, cfg.stage2)
+    return _with_oom_fallback(
+        lambda c: stages.train_stage2(model.path, Path(shards.path), c, out,
+                                      progress=ProgressReporter(f"stage2-{arm}", f"stage 2 ({arm})")),
+        cfg, "stage2")

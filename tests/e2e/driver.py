@@ -1,0 +1,140 @@
+"""End-to-end driver, run in its own process by test_e2e.py: a real `prefect server`, a process worker,
+deployments from prefect.yaml, a failing pipeline run, its repair and a retry of the same flow run.
+
+Prints one JSON object with what it observed; the test asserts on it. Every process it starts is
+stopped in ``finally`` by process id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"prefect server at {url} not healthy after {timeout}s")
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def main(work: Path, mirror: Path) -> dict:
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(work / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "ALIGNX_LOCK_DIR": str(work / "locks"),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "HF_HUB_OFFLINE": "1",
+    }
+    os.environ.update(env)  # before prefect is imported below
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    server = worker = None
+    out: dict = {"api": api}
+    try:
+        server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                  env=env, stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        wait_healthy(api, 120)
+        subprocess.run([str(BIN / "alignx"), "deploy"], env=env, check=True, cwd=REPO,
+                       stdout=open(logs / "deploy.log", "w"), stderr=subprocess.STDOUT)
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "alignx-cpu", "--type", "process"],
+                                  env=env, cwd=REPO, stdout=open(logs / "worker.log", "w"),
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        from prefect.deployments import run_deployment
+        from prefect.states import AwaitingRetry
+
+        with get_client(sync_client=True) as client:
+            deployments = client.read_deployments()
+            out["deployments"] = sorted(
+                f"{client.read_flow(d.flow_id).name}/{d.name}" for d in deployments)
+            pipe = next(d for d in deployments if d.name == "alignx-pipeline")
+            out["schedule_active"] = [s.active for s in pipe.schedules]
+
+        bench = mirror / "xcopa" / "val.zh.jsonl"
+        saved = bench.read_bytes()
+        bench.unlink()
+        bench.mkdir()
+        params = {"params": {"profile": "smoke", "arms": ["base", "sft", "alignx"],
+                             "overrides": {"run_root": str(work / "run"), "data_mirror": str(mirror)}}}
+        run = run_deployment("pipeline/alignx-pipeline", parameters=params, timeout=900, poll_interval=2)
+        out["first_state"] = run.state.type.value
+        out["first_message"] = run.state.message or ""
+
+        bench.rmdir()
+        bench.write_bytes(saved)
+        retried_at = time.time()
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline:
+                fr = client.read_flow_run(run.id)
+                if fr.state.is_final() and fr.run_count > 1:
+                    break
+                time.sleep(2)
+            out["retry_state"] = fr.state.type.value
+            out["retry_message"] = fr.state.message or ""
+            out["run_count"] = fr.run_count
+            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            after = [t for t in task_runs if t.created and t.created.timestamp() >= retried_at - 1]
+            out["retry_task_states"] = sorted(f"{t.name.rsplit('-', 1)[0]}:{t.state.name}" for t in after)
+            artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            out["artifact_keys"] = sorted({a.key for a in artifacts if a.key})
+            report = next((a for a in artifacts if a.key == "alignx-report"), None)
+            out["report_excerpt"] = (report.data or "")[:2000] if report else ""
+        return out
+    finally:
+        stop(worker)
+        stop(server)
+        for name in ("server.log", "worker.log", "deploy.log"):
+            path = logs / name
+            if path.exists():
+                out.setdefault("log_tails", {})[name] = path.read_text(errors="replace")[-3000:]
+
+
+if __name__ == "__main__":
+    result = main(Path(sys.argv[1]), Path(sys.argv[2]))
+    print("E2E-RESULT " + json.dumps(result))

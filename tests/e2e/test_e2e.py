@@ -1,0 +1,41 @@
+"""End to end on a real Prefect server and process worker: deploy, trigger, fail, repair, retry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.flows.conftest import copy_mirror
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
+    local_mirror = copy_mirror(mirror, tmp_path / "mirror", ["deu-eng", "eng-zho", "eng-swa"], ["flores200", "xcopa", "mgsm"])
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PREFECT_")}
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "e2e" / "driver.py"), str(tmp_path), str(local_mirror)],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("E2E-RESULT ")]
+    assert proc.returncode == 0 and lines, f"driver failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    out = json.loads(lines[-1][len("E2E-RESULT "):])
+    tails = json.dumps(out.get("log_tails", {}))[-6000:]
+
+    assert {"pipeline/alignx-pipeline", "stage1/alignx-stage1", "stage2/alignx-stage2",
+            "evaluate/alignx-evaluate", "data/alignx-data"} <= set(out["deployments"]), out["deployments"]
+    assert out["schedule_active"] == [False]
+    assert out["first_state"] == "FAILED", tails
+    assert "val.zh.jsonl" in out["first_message"], out["first_message"]
+    assert out["retry_state"] == "COMPLETED", (out["retry_message"], tails)
+    assert out["run_count"] >= 2
+    states = out["retry_task_states"]
+    for name in ("collect", "langid-filter", "shard", "bootstrap", "stage1", "stage2"):
+        mine = [s for s in states if s.startswith(name + ":")]
+        assert mine and all(s.endswith(":Cached") for s in mine), (name, states)
+    assert any(s.startswith("evaluate:") and s.endswith(":Completed") for s in states), states
+    assert {"alignx-report", "data-counts"} <= set(out["artifact_keys"]), out["artifact_keys"]
+    assert "xcopa" in out["report_excerpt"].lower()

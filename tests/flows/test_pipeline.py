@@ -1,0 +1,109 @@
+"""The pipeline flow on the smoke profile: a failing evaluation, its repair, the report, adding an arm."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.flows.conftest import copy_mirror
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+TRAIN_TASKS = {"collect", "langid-filter", "shard", "bootstrap", "stage1", "stage2"}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, mirror):
+    root = tmp_path_factory.mktemp("pipeline")
+    local_mirror = copy_mirror(mirror, root / "mirror", ["deu-eng", "eng-zho", "eng-swa"], ["flores200", "xcopa", "mgsm"])
+    return root, local_mirror
+
+
+def _params(root: Path, local_mirror: Path, arms: list[str]):
+    from flows.params import PipelineParams
+
+    return PipelineParams(profile="smoke", arms=arms,
+                          overrides={"run_root": str(root / "run"), "data_mirror": str(local_mirror)})
+
+
+def test_failed_evaluation_then_repair_then_added_arm(env, states):
+    from flows.pipeline import pipeline
+
+    root, local_mirror = env
+    bench = local_mirror / "xcopa" / "val.zh.jsonl"
+    saved = bench.read_bytes()
+    bench.unlink()
+    bench.mkdir()  # unreadable as a file: the evaluate stage must fail with a message naming it
+
+    failed = pipeline(_params(root, local_mirror, ["base", "sft", "alignx"]), return_state=True)
+    assert failed.is_failed()
+    with pytest.raises(Exception) as info:
+        failed.result()
+    assert "val.zh.jsonl" in str(info.value)
+    got = states(failed)
+    assert {"stage1", "stage2", "bootstrap"} <= set(got)
+    assert all(s == "Completed" for name in TRAIN_TASKS for s in got.get(name, [])), got
+
+    # Repair and run again: every data and training task is a cache hit; only evaluation runs.
+    bench.rmdir()
+    bench.write_bytes(saved)
+    repaired = pipeline(_params(root, local_mirror, ["base", "sft", "alignx"]), return_state=True)
+    assert repaired.is_completed(), repaired.message
+    got = states(repaired)
+    for name in TRAIN_TASKS:
+        assert got.get(name) and all(s == "Cached" for s in got[name]), (name, got)
+    assert "Completed" in got["evaluate"]
+
+    result = repaired.result()
+    report = Path(result["report"]).read_text(encoding="utf-8")
+    metrics = {arm: json.loads((Path(p) / "metrics.json").read_text()) for arm, p in result["evals"].items()}
+    for arm in ("base", "sft", "alignx"):
+        assert arm in metrics
+        tasks = metrics[arm]["results"]
+        assert any(t.startswith("xcopa") for t in tasks)
+        assert any(t.startswith("flores") for t in tasks)
+        assert any(t.startswith("mgsm") for t in tasks)
+        assert any(t.startswith("align") for t in tasks)
+    for word in ("xcopa", "flores", "mgsm"):
+        assert word.lower() in report.lower()
+    # tables carry numbers for every arm
+    numbers = re.findall(r"\|\s*-?\d+\.\d+", report)
+    assert len(numbers) > 10
+
+    # Adding the control arm trains only the control (and evaluates it); the rest are cache hits.
+    added = pipeline(_params(root, local_mirror, ["base", "sft", "control", "alignx"]), return_state=True)
+    assert added.is_completed(), added.message
+    got = states(added)
+    for name in ("collect", "langid-filter", "shard", "bootstrap"):
+        assert all(s == "Cached" for s in got[name]), (name, got)
+    assert sorted(got["stage1"]) == ["Cached", "Completed"], got
+    assert sorted(got["stage2"]) == ["Cached", "Cached", "Completed"], got
+    assert "control" in added.result()["evals"]
+
+
+def test_bad_parameters_are_rejected_before_work(env):
+    from pydantic import ValidationError
+
+    from flows.params import PipelineParams
+    from flows.pipeline import pipeline
+
+    with pytest.raises(ValidationError) as info:
+        PipelineParams(profile="nonexistent")
+    assert "smoke" in str(info.value) and "demo" in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        PipelineParams(profile="smoke", stop_after="stage9")
+    assert "stage1" in str(info.value) and "evaluate" in str(info.value)
+    root, local_mirror = env
+    # A bad override fails the flow at config validation, before any task runs, listing every problem.
+    state = pipeline(_params(root, local_mirror, ["base"]).model_copy(
+        update={"overrides": {"stage1.tau": -1, "languages": ["de", "xx"], "run_root": str(root / "bad")}}),
+        return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception) as info:
+        state.result()
+    assert "tau" in str(info.value) and "xx" in str(info.value)
+    assert not (root / "bad").exists()
