@@ -5,6 +5,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export HF_HUB_DISABLE_TELEMETRY = 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: demo test science install bench clean-runs
 
@@ -24,7 +25,7 @@ science: $(STAMP)
 	$(VENV)/bin/alignx pipeline --profile science
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -x --timeout=900 tests
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q --timeout=1500 tests
 
 bench: $(STAMP)
 	$(PY) bench/data_throughput.py --pairs 200000

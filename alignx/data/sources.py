@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, ClassVar, Literal
@@ -19,8 +20,9 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from alignx.artefacts import file_digest, tree_fingerprint
+from alignx.artefacts import file_digest
 from alignx.config import SOURCES_FILE, ConfigError, fingerprint
+from alignx.data import hub
 from alignx.languages import get_language
 from alignx.mirror import MIRROR_ENV, DataUnavailableError, hub_offline
 
@@ -162,7 +164,7 @@ def read_aligned_files(src_path: Path, tgt_path: Path, limit: int | None = None)
 
 
 # ---------------------------------------------------------------- readers
-class PairReader:
+class PairReader(ABC):
     """One catalogue entry: which language pairs it holds and how to stream them."""
 
     kind: ClassVar[str]
@@ -177,8 +179,9 @@ class PairReader:
             return path
         return self.mirror / path
 
+    @abstractmethod
     def has_pair(self, a: str, b: str) -> bool:
-        raise NotImplementedError  # every reader kind defines it
+        """Whether the source holds the language pair (either order)."""
 
     def pairs(self, pivot: str, languages: list[str]) -> list[tuple[str, str]]:
         """The requested language pairs this source holds, pivot first."""
@@ -186,9 +189,9 @@ class PairReader:
             get_language(code)
         return _wanted_pairs(pivot, languages, self.has_pair, self.params.cross_pairs)
 
+    @abstractmethod
     def read(self, src: str, tgt: str, limit: int | None = None) -> Iterator[list[TextPair]]:
         """Batches of (src_text, tgt_text) for one language pair, in file order, at most ``limit`` rows."""
-        raise NotImplementedError  # every reader kind defines it
 
     def files(self, src: str, tgt: str) -> list[Path]:
         """Input files of one pair (for fingerprints); empty when read from the hub."""
@@ -322,3 +325,133 @@ def _require_pair(reader: PairReader, src: str, tgt: str) -> None:
     get_language(src), get_language(tgt)
     if not reader.has_pair(src, tgt):
         raise SourceError(f"source {reader.name!r} does not hold the pair {src}-{tgt}")
+
+
+class HubReader(PairReader):
+    """A Hugging Face data set through ``datasets``: OPUS-100 style (one config per pair, a dict column)
+    or multi-way (one config per language, rows aligned by index). A local copy wins over the hub."""
+
+    kind = "hub"
+    Params = HubParams
+
+    def has_pair(self, a: str, b: str) -> bool:
+        if self.params.layout == "multiway":
+            return a in (self.params.languages or []) and b in (self.params.languages or [])
+        return frozenset((a, b)) in _declared(self.params.pairs or [])
+
+    def _roots(self) -> list[Path]:
+        roots = []
+        if self.params.mirror_path and self.mirror is not None:
+            roots.append(self._local(self.params.mirror_path))
+        local = self._local(self.params.path)
+        if local.is_dir():
+            roots.append(local)
+        return roots
+
+    def _config(self, *codes: str) -> str | None:
+        return self.params.config.format(**_fields(*codes)) if self.params.config else None
+
+    def _open(self, *codes: str):
+        return hub.open_split(self.name, self.params.path, self._config(*codes), self.params.split, self._roots())
+
+    def files(self, src: str, tgt: str) -> list[Path]:
+        configs = [self._config(src, tgt)] if self.params.layout == "pairs" else [self._config(src), self._config(tgt)]
+        found = [hub.local_copy(self._roots(), c) for c in configs]
+        return sorted(f for d in found if d is not None for f in d.rglob("*") if f.is_file())
+
+    def read(self, src: str, tgt: str, limit: int | None = None) -> Iterator[list[TextPair]]:
+        _require_pair(self, src, tgt)
+        if self.params.layout == "multiway":
+            rows = self._multiway_rows(src, tgt)
+        else:
+            rows = self._pair_rows(src, tgt)
+        return _batched(itertools.islice(rows, limit))
+
+    def _pair_rows(self, src: str, tgt: str) -> Iterator[TextPair]:
+        where = f"{self.params.path} (config {self._config(src, tgt)!r})"
+        n = 0
+        for batch in self._open(src, tgt).iter(batch_size=BATCH_ROWS):
+            if self.params.field not in batch:
+                raise SourceError(f"{where}: missing column {self.params.field!r}; columns found: "
+                                  f"{', '.join(map(repr, batch))}")
+            for row in batch[self.params.field]:
+                n += 1
+                if not isinstance(row, dict) or src not in row or tgt not in row:
+                    keys = list(row) if isinstance(row, dict) else []
+                    raise SourceError(f"{where}: row {n}: {self.params.field!r} lacks {src!r} or {tgt!r}; "
+                                      f"keys found: {', '.join(map(repr, keys)) or '(none)'}")
+                yield _text(row[src]), _text(row[tgt])
+
+    def _multiway_rows(self, src: str, tgt: str) -> Iterator[TextPair]:
+        col = self.params.column
+        sides = [itertools.chain.from_iterable(b[col] for b in self._open(c).iter(batch_size=BATCH_ROWS))
+                 for c in (src, tgt)]
+        marker = object()
+        for n, (a, b) in enumerate(itertools.zip_longest(*sides, fillvalue=marker), start=1):
+            if a is marker or b is marker:
+                short = self._config(src) if a is marker else self._config(tgt)
+                raise SourceError(f"{self.params.path}: configs {self._config(src)!r} and {self._config(tgt)!r} "
+                                  f"differ in length ({short!r} ends after {n - 1} rows)")
+            yield _text(a), _text(b)
+
+
+# ---------------------------------------------------------------- the catalogue
+READERS: dict[str, type[PairReader]] = {
+    r.kind: r for r in (LineAlignedReader, MultiwayReader, TableReader, HubReader)
+}
+
+
+def load_catalogue(path: Path = SOURCES_FILE) -> dict[str, tuple[type[PairReader], _Params]]:
+    """Read and validate every entry of the source catalogue; all problems are reported at once."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(str(path), [f"cannot read the source catalogue: {exc}"]) from None
+    problems, out = [], {}
+    for name, entry in raw.items():
+        entry = dict(entry or {})
+        kind = entry.pop("kind", None)
+        if kind not in READERS:
+            problems.append(f"{name}: unknown kind {kind!r}; known kinds: {', '.join(sorted(READERS))}")
+            continue
+        try:
+            out[name] = (READERS[kind], READERS[kind].Params.model_validate(entry))
+        except ValidationError as exc:
+            problems += [f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    if problems:
+        raise ConfigError(str(path), problems)
+    return out
+
+
+def open_source(name: str, mirror: Path | None, catalogue: Path = SOURCES_FILE) -> PairReader:
+    """The reader of one catalogue source; a mirror set missing from the mirror falls back to its hub entry."""
+    entries = load_catalogue(catalogue)
+    if name not in entries:
+        raise ConfigError(str(catalogue), [f"unknown source {name!r}; known sources: {', '.join(sorted(entries))}"])
+    cls, params = entries[name]
+    reader = cls(name, params, mirror)
+    if cls in (HubReader, TableReader):
+        return reader  # they name their own missing files / unreachable hub
+    root = reader._local(params.path)
+    if root.is_dir():
+        return reader
+    hub_params = getattr(params, "hub", None)
+    if hub_params is not None and not hub_offline():
+        log.info("source %s: %s is not in the data mirror; reading %s from the hub", name, root, hub_params.path)
+        return HubReader(name, hub_params, mirror)
+    hub_hint = f"; or go online (unset HF_HUB_OFFLINE) to read {hub_params.path} from the hub" if hub_params else ""
+    raise DataUnavailableError(
+        f"source {name!r}: {root if mirror is not None else params.path + ' (no data mirror found)'} does not exist: "
+        f"set {MIRROR_ENV} (or data_mirror) to a folder with the layout of ../shared/data{hub_hint}"
+    )
+
+
+def source_inputs_fingerprint(reader: PairReader, pairs: list[tuple[str, str]]) -> str:
+    """Fingerprint of what a source would read for these pairs: its entry and its files' contents."""
+    parts: list[object] = [reader.kind, reader.params.model_dump(mode="json")]
+    for src, tgt in pairs:
+        for path in reader.files(src, tgt):
+            parts.append([str(path.name), file_digest(path) if path.is_file() else "missing"])
+    if isinstance(reader, HubReader) and not any(reader.files(s, t) for s, t in pairs):
+        parts.append("hub")  # read from the hub: the id, config and split (in the params) are all we know
+    return fingerprint(*parts)

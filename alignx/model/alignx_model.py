@@ -136,13 +136,19 @@ class AlignXModel(nn.Module):
         self.lam_head.load_state_dict(load_file(str(Path(directory) / LAM_HEAD_FILE)))
 
 
-def lm_only_loss(lm: nn.Module, batch: dict[str, Tensor]) -> LossParts:
-    """Plain language modelling (bootstrap pre-training and stage-2 SFT) as LossParts."""
-    out = lm(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=position_ids_from_mask(batch["attention_mask"]),
-        use_cache=False,
-    )
-    loss = lm_loss(out.logits, batch["labels"])
-    return LossParts(loss, float(loss.detach()), 0.0, 0.0, 0)
+class CausalLMObjective(nn.Module):
+    """Plain language modelling (bootstrap pre-training, stage-2 SFT) in the loop's objective shape."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, batch: dict[str, Tensor]) -> LossParts:
+        out = self.lm(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=position_ids_from_mask(batch["attention_mask"]),
+            use_cache=False,
+        )
+        loss = lm_loss(out.logits, batch["labels"])
+        return LossParts(loss, float(loss.detach()), 0.0, 0.0, 0)

@@ -1,0 +1,103 @@
+"""Resumable training state: model, optimizer, scheduler, RNG states and the data position.
+
+One checkpoint directory per work dir, replaced atomically, so a crash leaves either the previous
+checkpoint or the new one, never half of one. A checkpoint records the run key (a hash of what fixes
+the trajectory); a checkpoint of another run is ignored rather than resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignx.artefacts import atomic_dir, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.pt"
+TRAIN_LOG = "train_log.jsonl"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from (dropout, sampling)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Resumed:
+    """Where a resumed run continues: optimizer steps done (micro-batch position = step * accum)."""
+
+    step: int
+
+
+def save_checkpoint(
+    work_dir: Path, run_key: str, step: int, model: torch.nn.Module, optimizer, scheduler
+) -> None:
+    """Write the full training state for ``step`` (optimizer steps done), replacing the previous one."""
+    state = {
+        "run_key": run_key,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+    }
+    with atomic_dir(Path(work_dir) / CHECKPOINT_DIR) as tmp:
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / "meta.json").write_text(json.dumps({"run_key": run_key, "step": step}), encoding="utf-8")
+
+
+def load_checkpoint(
+    work_dir: Path, run_key: str, model: torch.nn.Module, optimizer, scheduler
+) -> Resumed | None:
+    """Restore the last checkpoint of this run into the given objects; None when there is none."""
+    path = Path(work_dir) / CHECKPOINT_DIR / STATE_FILE
+    if not path.is_file():
+        return None
+    # Our own file, written by save_checkpoint: it holds optimizer and RNG objects, not only tensors.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("run_key") != run_key:
+        log.warning("ignoring checkpoint %s: it belongs to another run (config, data or model differ)", path)
+        return None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    log.info("resuming from %s at step %d", path, state["step"])
+    return Resumed(step=int(state["step"]))
+
+
+def truncate_log(log_path: Path, step: int) -> None:
+    """Keep the training-log lines of steps up to ``step``: later ones belong to the lost trajectory."""
+    if not log_path.exists():
+        return
+    kept = [
+        line
+        for line in log_path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
+    atomic_write_text(log_path, "".join(f"{line}\n" for line in kept))
+
+
+def read_log(log_path: Path) -> list[dict[str, Any]]:
+    """The per-step records of a ``train_log.jsonl``."""
+    return [json.loads(line) for line in Path(log_path).read_text(encoding="utf-8").splitlines() if line.strip()]

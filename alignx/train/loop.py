@@ -1,0 +1,177 @@
+"""The one training loop, shared by bootstrap pre-training, stage 1 and stage 2.
+
+A stage hands over an objective (an ``nn.Module`` whose forward maps a collated batch to
+``LossParts``), its examples and a ``TrainConfig``; the loop does the rest, top to bottom: setup,
+resume, step, log, checkpoint. Batches follow a fixed schedule (``micro_batch_schedule``), so a
+resumed run takes up exactly where the checkpoint left it and every arm sees the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from alignx.config import TrainConfig, fingerprint
+from alignx.data.collate import TrainExample, collate, micro_batch_schedule
+from alignx.train.checkpoint import TRAIN_LOG, load_checkpoint, read_log, save_checkpoint, truncate_log
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, dict[str, float]], None]
+# Settings that change speed or bookkeeping but not the trajectory: a resumed run may differ in them
+# (the out-of-memory retry turns gradient checkpointing on and resumes).
+_NOT_TRAJECTORY = {"gradient_checkpointing", "checkpoint_every", "log_every"}
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports: steps, the mean loss parts of its last logged window, its log."""
+
+    steps: int
+    final: dict[str, float]
+    log_path: Path
+    resumed_from: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def mixed_precision_mode(setting: str) -> str:
+    """'auto' -> bf16 (or fp16) only when a CUDA GPU is present; CPU trains in float32."""
+    if setting != "auto":
+        return setting
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def total_steps(cfg: TrainConfig, n_examples: int, num_processes: int = 1) -> int:
+    """Optimizer steps of the run: ``cfg.steps``, or the epochs' worth of micro-batches."""
+    if cfg.steps is not None:
+        return cfg.steps
+    per_epoch = math.ceil(n_examples / cfg.micro_batch_size)
+    return max(1, math.ceil(cfg.epochs * per_epoch / (cfg.grad_accum * num_processes)))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
+    """Linear warmup, then linear / cosine decay to 0 or a constant rate."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1.0 - progress)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def batch_fingerprint(input_ids: torch.Tensor) -> str:
+    """Short hash of a micro-batch's token ids: two runs saw the same batch iff these match."""
+    return hashlib.blake2b(input_ids.cpu().numpy().tobytes(), digest_size=8).hexdigest()
+
+
+def train(
+    objective: nn.Module,
+    examples: Sequence[TrainExample],
+    pad_id: int,
+    cfg: TrainConfig,
+    work_dir: Path,
+    *,
+    run_key: str = "",
+    progress: Progress | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``objective`` on ``examples`` following ``cfg``; checkpoints and log go to ``work_dir``.
+
+    ``objective.lm`` is the underlying causal LM (gradient checkpointing is switched on there).
+    ``run_key`` names what else fixes the trajectory (data, base model, stage settings): a checkpoint
+    in ``work_dir`` is resumed only when it was written under the same key and training settings.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=mixed_precision_mode(cfg.mixed_precision),
+        cpu=not torch.cuda.is_available(),
+    )
+    set_seed(cfg.seed)
+    steps = total_steps(cfg, len(examples), accelerator.num_processes)
+    key = fingerprint(run_key, cfg.model_dump(exclude=_NOT_TRAJECTORY), len(examples))
+    lengths = [len(ex.encoded.input_ids) for ex in examples]
+    n_micro = steps * cfg.grad_accum * accelerator.num_processes
+    schedule = micro_batch_schedule(lengths, cfg.micro_batch_size, n_micro, cfg.seed, cfg.group_by_length)
+
+    if cfg.gradient_checkpointing:
+        objective.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    model, optimizer = accelerator.prepare(objective, optimizer)
+
+    resumed = load_checkpoint(work_dir, key, accelerator.unwrap_model(model), optimizer, scheduler)
+    start = resumed.step if resumed else 0
+    log_path = work_dir / TRAIN_LOG
+    if resumed:
+        truncate_log(log_path, start)
+    else:
+        log_path.unlink(missing_ok=True)
+
+    model.train()
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=None if accelerator.is_main_process else True)
+    with log_path.open("a", encoding="utf-8") as log_file:
+        for step in range(start, steps):
+            parts: list[dict[str, float]] = []
+            hashes: list[str] = []
+            for micro in range(cfg.grad_accum):
+                slot = (step * cfg.grad_accum + micro) * accelerator.num_processes + accelerator.process_index
+                batch = collate([examples[i] for i in schedule[slot]], pad_id, cfg.padding_side, cfg.mask_prompt)
+                hashes.append(batch_fingerprint(batch["input_ids"]))
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        out = model(batch)
+                    accelerator.backward(out.loss)
+                    if accelerator.sync_gradients and cfg.grad_clip > 0:
+                        accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                parts.append(out.as_dict())
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            metrics = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
+            record = {"step": step + 1, "lr": lr, **metrics, "batches": hashes}
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k != "usable"})
+            if (step + 1) % cfg.log_every == 0:
+                log.info("%s step %d/%d %s", desc, step + 1, steps,
+                         " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+                log_file.flush()
+                save_checkpoint(work_dir, key, step + 1, accelerator.unwrap_model(model), optimizer, scheduler)
+            if progress is not None:
+                progress(step + 1, steps, metrics)
+    bar.close()
+    accelerator.wait_for_everyone()
+    records = read_log(log_path)
+    window = records[-min(cfg.log_every, len(records)):]
+    final = {k: sum(r[k] for r in window) / len(window) for k in ("loss", "lm", "ctr", "lam")}
+    if cfg.gradient_checkpointing:
+        objective.lm.gradient_checkpointing_disable()
+    accelerator.free_memory()
+    return TrainResult(steps=steps, final=final, log_path=log_path, resumed_from=resumed.step if resumed else None)
