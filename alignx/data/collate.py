@@ -8,23 +8,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-from alignx.data.instructions import EncodedExample
+from alignx.data.instructions import TrainExample
 from alignx.model.losses import IGNORE_INDEX
 
 _MEGABATCH = 50  # group-by-length sorts within windows of this many batches (as HF's sampler does)
-
-
-@dataclass(frozen=True)
-class TrainExample:
-    """An encoded example plus the language ids of its two spans (-1 when not a translation pair)."""
-
-    encoded: EncodedExample
-    src_lang: int = -1
-    tgt_lang: int = -1
 
 
 def epoch_batches(

@@ -8,6 +8,7 @@ from the parallel shards and general instructions from local files or the hub.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import pandas as pd
 
 from alignx.config import InstructionSource
 from alignx.data.schema import INSTRUCTION_SCHEMA, normalise_text
-from alignx.languages import get_language
+from alignx.languages import LANGUAGES, get_language
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,176 @@ def encode_examples(
     return out
 
 
+@dataclass(frozen=True)
+class TrainExample:
+    """An encoded example plus the language ids of its two spans (-1 when unknown)."""
+
+    encoded: EncodedExample
+    src_lang: int = -1
+    tgt_lang: int = -1
+
+
+def encode_rows(
+    tokenizer, rows: pd.DataFrame, max_length: int, languages: Sequence[str], chunk: int = 1024
+) -> list[TrainExample]:
+    """Encode instruction rows (INSTRUCTION_SCHEMA) with language ids indexed in ``languages``."""
+    ids = {code: i for i, code in enumerate(languages)}
+    out: list[TrainExample] = []
+    records = rows[["instruction", "input", "output", "src_lang", "tgt_lang"]].itertuples(index=False)
+    records = list(records)
+    for start in range(0, len(records), chunk):
+        part = records[start : start + chunk]
+        encoded = encode_examples(tokenizer, [(r[0], r[1], r[2]) for r in part], max_length)
+        out.extend(TrainExample(e, ids.get(r[3], -1), ids.get(r[4], -1)) for e, r in zip(encoded, part))
+    return out
+
+
 # ---------------------------------------------------------------- building instruction rows
 def _example_id(*parts: str) -> str:
-    import hashlib
-
     key = "\x1f".join(normalise_text(p) for p in parts)
     return hashlib.blake2b(key.encode("utf-8"), digest_size=12).hexdigest()
+
+
+def _translation_row(src_lang: str, tgt_lang: str, src: str, tgt: str, source: str) -> dict[str, str]:
+    return {
+        "example_id": _example_id(src_lang, tgt_lang, src, tgt),
+        "src_lang": src_lang,
+        "tgt_lang": tgt_lang,
+        "instruction": translation_instruction(src_lang, tgt_lang),
+        "input": src,
+        "output": tgt,
+        "kind": "translation",
+        "source": source,
+    }
+
+
+def cap_pairs_per_language(pairs: pd.DataFrame, cap: int | None, pivot: str, seed: int) -> pd.DataFrame:
+    """At most ``cap`` pairs per non-pivot language (a seeded sample), in the original row order."""
+    if cap is None:
+        return pairs
+    x_lang = pairs["src_lang"].where(pairs["src_lang"] != pivot, pairs["tgt_lang"])
+    keep = []
+    for _, group in pairs.groupby(x_lang, sort=True):
+        keep.append(group if len(group) <= cap else group.sample(n=cap, random_state=seed))
+    return pd.concat(keep).sort_index() if keep else pairs.iloc[:0]
+
+
+def translation_rows(pairs: pd.DataFrame, pivot: str = "en", non_english_pairs: bool = False) -> pd.DataFrame:
+    """Translation instructions from parallel pairs (PAIR_SCHEMA), in both directions.
+
+    With ``non_english_pairs``, pairs that share the same pivot (English) sentence form a
+    multi-way set, and every ordered pair of its other languages becomes an example too.
+    """
+    rows = []
+    for r in pairs[["src_lang", "tgt_lang", "src_text", "tgt_text", "source"]].itertuples(index=False):
+        rows.append(_translation_row(r.src_lang, r.tgt_lang, r.src_text, r.tgt_text, r.source))
+        rows.append(_translation_row(r.tgt_lang, r.src_lang, r.tgt_text, r.src_text, r.source))
+    if non_english_pairs:
+        rows.extend(_multiway_rows(pairs, pivot))
+    return pd.DataFrame(rows, columns=INSTRUCTION_SCHEMA.names)
+
+
+def _multiway_rows(pairs: pd.DataFrame, pivot: str) -> list[dict[str, str]]:
+    """X->Y examples between non-pivot languages whose pairs share one pivot sentence."""
+    by_pivot: dict[str, dict[str, tuple[str, str]]] = {}
+    for r in pairs[["src_lang", "tgt_lang", "src_text", "tgt_text", "source"]].itertuples(index=False):
+        if r.src_lang == pivot:
+            pivot_text, lang, text = r.src_text, r.tgt_lang, r.tgt_text
+        elif r.tgt_lang == pivot:
+            pivot_text, lang, text = r.tgt_text, r.src_lang, r.src_text
+        else:
+            continue
+        by_pivot.setdefault(normalise_text(pivot_text), {}).setdefault(lang, (text, r.source))
+    rows = []
+    for group in by_pivot.values():
+        for a, (text_a, source) in group.items():
+            for b, (text_b, _) in group.items():
+                if a != b:
+                    rows.append(_translation_row(a, b, text_a, text_b, source))
+    return rows
+
+
+# ---------------------------------------------------------------- general instructions
+def _read_records(path: Path) -> list:
+    """Rows of a JSON (a list, or an object holding one list), JSONL or Parquet file."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path).to_dict(orient="records")
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"instruction file {path}, line {n}: not valid JSON ({exc})") from None
+        return records
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"instruction file {path}: not valid JSON ({exc})") from None
+        if isinstance(data, dict):
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise ValueError(f"instruction file {path}: expected a list of rows or an object holding one list, "
+                                 f"found an object with keys {sorted(data)}")
+            data = lists[0]
+        if not isinstance(data, list):
+            raise ValueError(f"instruction file {path}: expected a list of rows, found {type(data).__name__}")
+        return data
+    raise ValueError(f"instruction file {path}: unsupported format {suffix!r}; expected .json, .jsonl or .parquet")
+
+
+def validate_records(records: Sequence, where: str, language: str | None, source: str) -> pd.DataFrame:
+    """Check Alpaca / Bactrian-X rows (instruction, input optional, output) and convert them.
+
+    A row's language is its ``lang``/``language`` field, else ``language``, else 'und'.
+    """
+    rows = []
+    for n, rec in enumerate(records, start=1):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}, row {n}: expected an object with fields instruction/input/output, "
+                             f"found {type(rec).__name__}")
+        for name in ("instruction", "output"):
+            if name not in rec or rec[name] is None:
+                raise ValueError(f"{where}, row {n}: missing field {name!r} (expected instruction, input "
+                                 f"(optional), output; found: {', '.join(sorted(map(str, rec))) or 'nothing'})")
+        for name in INSTRUCTION_FIELDS:
+            value = rec.get(name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{where}, row {n}: field {name!r} must be a string, found {type(value).__name__}")
+        if not rec["instruction"].strip() or not rec["output"].strip():
+            raise ValueError(f"{where}, row {n}: empty 'instruction' or 'output'")
+        lang = rec.get("lang") or rec.get("language") or language or "und"
+        rows.append({
+            "example_id": _example_id(lang, rec["instruction"], rec.get("input") or "", rec["output"]),
+            "src_lang": lang, "tgt_lang": lang,
+            "instruction": rec["instruction"], "input": rec.get("input") or "", "output": rec["output"],
+            "kind": "general", "source": source,
+        })
+    return pd.DataFrame(rows, columns=INSTRUCTION_SCHEMA.names)
+
+
+def general_rows(source: InstructionSource) -> pd.DataFrame:
+    """General instructions from a local file or, online, from the hub (``datasets.load_dataset``)."""
+    if source.path is not None:
+        path = Path(source.path)
+        if not path.is_file():
+            raise FileNotFoundError(f"instruction file {path} does not exist")
+        records = _read_records(path)
+        frame = validate_records(records, f"instruction file {path}", source.language, path.stem)
+        return frame if source.max_examples is None else frame.head(source.max_examples)
+    import datasets  # only needed online
+
+    # The hub: one data set per config (Bactrian-X: one per language), each capped on its own.
+    frames = []
+    for config in source.hub_configs or [None]:
+        data = datasets.load_dataset(source.hub, config, split=source.split)
+        if source.max_examples is not None:
+            data = data.select(range(min(source.max_examples, len(data))))
+        language = source.language or (config if config in LANGUAGES else None)
+        where = f"hub dataset {source.hub} ({config or 'default'}, {source.split})"
+        frames.append(validate_records(list(data), where, language, source.hub))
+    return pd.concat(frames, ignore_index=True)

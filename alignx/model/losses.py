@@ -13,12 +13,18 @@ IGNORE_INDEX = -100
 
 
 def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Next-token cross-entropy, mean over the batch's predicted tokens (labels -100 are ignored)."""
+    """Next-token cross-entropy, mean over the batch's predicted tokens (labels -100 are ignored).
+
+    A batch without any target token (every response cut by the length limit under a masked prompt)
+    gives 0 with the graph kept, not NaN.
+    """
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    total = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="sum",
     )
+    return total / (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def span_mean(hidden: Tensor, spans: Tensor, shift: int = 0) -> Tensor:

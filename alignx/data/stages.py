@@ -1,0 +1,215 @@
+"""The data stages' entry points: collect -> language-ID filter -> Parquet shards (no Prefect here).
+
+Each stage writes one directory artefact under the run root through ``atomic_dir`` and then
+``write_marker``, and returns its ``Artefact`` record (path, content fingerprint, small meta).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, read_marker, write_marker
+from alignx.config import PipelineConfig, fingerprint
+from alignx.data.filtering import FilterJob, filter_language_pair, rows_of
+from alignx.data.filters import REASONS
+from alignx.data.langid import prepare_model
+from alignx.data.schema import PAIR_SCHEMA, pair_id
+from alignx.data.shards import write_shard_set
+from alignx.data.sources import TextPair, open_source, source_inputs_fingerprint
+from alignx.mirror import resolve_mirror
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+REPORT = "report.json"
+PARALLEL_MIN_ROWS = 50_000  # below this, starting worker processes costs more than it saves
+TOP_MISLABELS = 3
+
+
+# ---------------------------------------------------------------- collect
+def source_fingerprint(source: str, cfg: PipelineConfig) -> str:
+    """Fingerprint of what ``collect_source`` would read: the catalogue entry and its files' contents."""
+    reader = open_source(source, resolve_mirror(cfg.data_mirror))
+    return source_inputs_fingerprint(reader, reader.pairs(cfg.pivot, cfg.languages))
+
+
+def _write_raw(batches: Iterator[list[TextPair]], path: Path, src: str, tgt: str, source: str) -> int:
+    n = 0
+    with pq.ParquetWriter(path, PAIR_SCHEMA, compression="zstd") as writer:
+        for batch in batches:
+            a = [p[0] for p in batch]
+            b = [p[1] for p in batch]
+            nan = np.full(len(batch), np.nan, dtype=np.float32)
+            writer.write_table(pa.Table.from_pydict({
+                "pair_id": [pair_id(src, tgt, x, y) for x, y in batch],
+                "src_lang": [src] * len(batch), "tgt_lang": [tgt] * len(batch),
+                "src_text": a, "tgt_text": b, "source": [source] * len(batch),
+                "src_lid": nan, "tgt_lid": nan,
+            }, schema=PAIR_SCHEMA))
+            n += len(batch)
+    return n
+
+
+def collect_source(source: str, cfg: PipelineConfig, run_root: Path, progress: Progress | None = None) -> Artefact:
+    """Read every pair of ``cfg.languages`` (with ``cfg.pivot``) that a catalogue source holds.
+
+    Writes ``run_root/raw/<source>/<src>-<tgt>.parquet`` (PAIR_SCHEMA, LID scores NaN), at most
+    ``cfg.data.max_pairs_per_pair`` rows each (the first ones, in file order).
+    """
+    reader = open_source(source, resolve_mirror(cfg.data_mirror))
+    pairs = reader.pairs(cfg.pivot, cfg.languages)
+    if not pairs:
+        raise ValueError(f"source {source!r} holds none of the pairs {cfg.pivot}-{{{', '.join(cfg.languages)}}}")
+    out = Path(run_root) / "raw" / source
+    counts: dict[str, int] = {}
+    with atomic_dir(out) as tmp:
+        for i, (src, tgt) in enumerate(pairs, start=1):
+            name = f"{src}-{tgt}"
+            counts[name] = _write_raw(reader.read(src, tgt, cfg.data.max_pairs_per_pair),
+                                      tmp / f"{name}.parquet", src, tgt, source)
+            log.info("collect %s %s: %d pairs", source, name, counts[name])
+            if progress:
+                progress(i, len(pairs), f"collect {source} {name}")
+    return write_marker(out, "raw", {"source": source, "pairs": counts})
+
+
+# ---------------------------------------------------------------- filter
+def _jobs(raw: list[Artefact], cfg: PipelineConfig, tmp: Path, model_path: Path) -> list[FilterJob]:
+    inputs: dict[str, list[tuple[str, str]]] = {}
+    for record in raw:
+        source = record.meta.get("source", Path(record.path).name)
+        for path in sorted(Path(record.path).glob("*.parquet")):
+            inputs.setdefault(path.stem, []).append((source, str(path)))
+    return [FilterJob(pair, tuple(files), str(tmp / f"{pair}.parquet"), cfg.data, str(model_path))
+            for pair, files in sorted(inputs.items())]
+
+
+def _run_jobs(jobs: list[FilterJob], workers: int, progress: Progress | None) -> list[dict[str, Any]]:
+    sizes = {j.pair: rows_of([p for _, p in j.inputs]) for j in jobs}
+    total, done, results = sum(sizes.values()), 0, {}
+    workers = min(workers, len(jobs))
+    if workers > 1 and total >= PARALLEL_MIN_ROWS:
+        # spawn, not fork: the caller may run threads (Prefect), which fork does not copy safely.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            biggest_first = sorted(jobs, key=lambda j: -sizes[j.pair])
+            futures = {pool.submit(filter_language_pair, j): j for j in biggest_first}
+            for future in futures:  # results are keyed by pair, so completion order does not matter
+                results[futures[future].pair] = future.result()
+                done += sizes[futures[future].pair]
+                if progress:
+                    progress(done, total, f"filter {futures[future].pair}")
+    else:
+        for job in jobs:
+            results[job.pair] = filter_language_pair(job)
+            done += sizes[job.pair]
+            if progress:
+                progress(done, total, f"filter {job.pair}")
+    return [results[j.pair] for j in jobs]
+
+
+def build_report(results: list[dict[str, Any]], cfg: PipelineConfig) -> dict[str, Any]:
+    """Counts per language pair and reason, LID retention per language, and retention warnings."""
+    langs: dict[str, dict[str, Any]] = {}
+    for r in results:
+        for lang, s in r.pop("languages").items():
+            agg = langs.setdefault(lang, {"judged": 0, "accepted": 0, "mislabels": Counter()})
+            agg["judged"] += s["judged"]
+            agg["accepted"] += s["accepted"]
+            agg["mislabels"].update(s["mislabels"])
+    languages, warnings = {}, []
+    floor = cfg.data.langid.retention_floor
+    for lang in sorted({lang for r in results for lang in r["pair"].split("-")}):
+        if not cfg.data.langid.policy(lang).enabled:
+            languages[lang] = {"lid": "off"}
+            continue
+        agg = langs.get(lang, {"judged": 0, "accepted": 0, "mislabels": Counter()})
+        retention = agg["accepted"] / agg["judged"] if agg["judged"] else None
+        top = agg["mislabels"].most_common(TOP_MISLABELS)
+        languages[lang] = {"judged": agg["judged"], "accepted": agg["accepted"], "retention": retention,
+                           "top_mislabels": [[label, n] for label, n in top]}
+        if retention is not None and retention < floor:
+            mislabels = ", ".join(f"{label} ({n})" for label, n in top) or "none"
+            warnings.append(f"language {lang}: language ID kept {retention:.1%} of {agg['judged']} sentences, "
+                            f"below retention_floor {floor:.0%}; top mislabels: {mislabels}")
+            log.warning("%s", warnings[-1])
+    total_rejected = {reason: sum(r["rejected"][reason] for r in results) for reason in REASONS}
+    return {
+        "pairs": {r["pair"]: {k: v for k, v in r.items() if k != "pair"} for r in results},
+        "languages": languages,
+        "warnings": warnings,
+        "totals": {"in": sum(r["in"] for r in results), "kept": sum(r["kept"] for r in results),
+                   "rejected": total_rejected},
+        "reasons": list(REASONS),
+    }
+
+
+def filter_pairs(raw: list[Artefact], cfg: PipelineConfig, run_root: Path, progress: Progress | None = None) -> Artefact:
+    """Language ID and filters over all raw sources (dedup across sources), per language pair.
+
+    Writes ``run_root/filtered/<fp>/<src>-<tgt>.parquet`` and ``report.json``; ``fp`` hashes the
+    input fingerprints and the filter config, so different configs never overwrite each other.
+    """
+    fp = fingerprint([r.fingerprint for r in raw], cfg.data.langid, cfg.data.filters, cfg.pivot, cfg.languages)
+    out = Path(run_root) / "filtered" / fp
+    model_path = prepare_model(cfg.data.langid)
+    with atomic_dir(out) as tmp:
+        results = _run_jobs(_jobs(raw, cfg, tmp, model_path), cfg.data.workers, progress)
+        report = build_report(results, cfg)
+        report["inputs"] = [{"source": r.meta.get("source"), "fingerprint": r.fingerprint} for r in raw]
+        report["config"] = {"langid": cfg.data.langid.model_dump(mode="json"),
+                            "filters": cfg.data.filters.model_dump(mode="json"), "pivot": cfg.pivot}
+        atomic_write_json(tmp / REPORT, report)
+    meta = {"report": REPORT, "counts": summary_table(report), "warnings": report["warnings"],
+            "retention": {k: v.get("retention") for k, v in report["languages"].items()}}
+    return write_marker(out, "filtered", meta)
+
+
+def summary_table(filtered: Artefact | dict | str | Path) -> list[dict[str, Any]]:
+    """Rows ``{pair, in, kept, <reason>: n ...}`` per language pair, then an ``all`` row.
+
+    Takes the filter artefact (or its marker), its report dict, or the path of its folder.
+    """
+    if isinstance(filtered, (str, Path)):
+        filtered = read_marker(Path(filtered)) or {"path": str(filtered)}
+    if isinstance(filtered, Artefact):
+        if "counts" in filtered.meta:
+            return filtered.meta["counts"]
+        filtered = {"path": filtered.path}
+    if "pairs" not in filtered:
+        filtered = json.loads((Path(filtered["path"]) / REPORT).read_text(encoding="utf-8"))
+    rows = [{"pair": pair, "in": c["in"], "kept": c["kept"], **{r: c["rejected"].get(r, 0) for r in REASONS}}
+            for pair, c in filtered["pairs"].items()]
+    if rows:
+        rows.append({"pair": "all", **{k: sum(r[k] for r in rows) for k in ("in", "kept", *REASONS)}})
+    return rows
+
+
+# ---------------------------------------------------------------- shards
+def write_shards(filtered: Artefact, cfg: PipelineConfig, run_root: Path) -> Artefact:
+    """Train/valid Parquet shards of the filtered pairs at ``run_root/shards/<fp>/`` with ``_manifest.json``."""
+    fp = fingerprint(filtered.fingerprint, cfg.data.shard)
+    out = Path(run_root) / "shards" / fp
+    report_path = Path(filtered.path) / REPORT
+    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
+    provenance = {
+        "config": {"data": cfg.data.model_dump(mode="json"), "pivot": cfg.pivot, "languages": cfg.languages},
+        "filtered": {"path": filtered.path, "fingerprint": filtered.fingerprint},
+        "rejections": {pair: c["rejected"] for pair, c in report.get("pairs", {}).items()},
+    }
+    with atomic_dir(out) as tmp:
+        manifest = write_shard_set(sorted(Path(filtered.path).glob("*.parquet")), tmp, cfg.data.shard, provenance)
+    meta = {"counts": manifest["counts"], "rows": manifest["rows"], "content_fingerprint": manifest["fingerprint"],
+            "filtered": filtered.path}
+    return write_marker(out, "shards", meta)

@@ -1,0 +1,119 @@
+"""Greedy generation in batches, and MGSM's answer extraction.
+
+Prompts are left-padded and sorted by length so a batch wastes little; a row stops at EOS or at the
+first of its stop strings, and the output is cut before that string (lm-eval's ``until``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from alignx.eval.loglik import model_max_length
+
+
+class _StopStrings(StoppingCriteria):
+    """Per-row stop once the generated text contains any of the stop strings."""
+
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_width: int):
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
+
+
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """The text before the first occurrence of any stop string."""
+    for stop in stops:
+        if stop and stop in text:
+            text = text.split(stop, 1)[0]
+    return text
+
+
+class GreedyGenerator:
+    """Greedy decoding of many prompts with one model, ``batch_size`` prompts at a time."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.max_length = model_max_length(model, tokenizer)
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of text prompts with the tokenizer's default special tokens (as lm-eval does)."""
+        return [self.tokenizer.encode(p) for p in prompts]
+
+    @torch.inference_mode()
+    def generate(
+        self, prompts: Sequence[Sequence[int]], until: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> list[str]:
+        """The greedy continuation of each tokenised prompt, cut at the first stop string."""
+        room = max(self.max_length - self.max_new_tokens, 1)
+        prompts = [list(p)[-room:] for p in prompts]  # left-truncate, as lm-eval does
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        outputs: list[str] = [""] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            width = max(len(prompts[i]) for i in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]):] = 1
+            generated = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), do_sample=False,
+                max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                stopping_criteria=StoppingCriteriaList([_StopStrings(self.tokenizer, until, width)]),
+            )
+            texts = self.tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+            for i, text in zip(batch, texts):
+                outputs[i] = cut_at_stops(text, until)
+            if progress:
+                progress(len(batch))
+        return outputs
+
+
+# ---------------------------------------------------------------- MGSM answers
+# Tried in order at each position: dot-grouped thousands (1.234.567, two groups or more, so never a
+# decimal), comma / no-break-space grouped thousands (2,125 or 2 125), then a plain integer or decimal.
+_NUMBER = re.compile(
+    r"-?\d{1,3}(?:\.\d{3}){2,}(?!\d)"
+    r"|-?\d{1,3}(?:[,\u00a0\u202f]\d{3})+(?:\.\d+)?(?!\d)"
+    r"|-?\d+(?:\.\d+)?"
+)
+_DOT_GROUPS = re.compile(r"-?\d{1,3}(?:\.\d{3}){2,}")
+
+
+def normalise_number(text: str) -> str | None:
+    """Canonical form of one number: thousands separators removed, integral values without decimals."""
+    text = text.strip()
+    if _DOT_GROUPS.fullmatch(text):
+        text = text.replace(".", "")
+    text = re.sub(r"[,\u00a0\u202f]", "", text)
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def final_number(text: str) -> str | None:
+    """The last number in a model's output, normalised (None when there is none)."""
+    matches = _NUMBER.findall(text)
+    return normalise_number(matches[-1]) if matches else None
+
+
+def exact_match_number(output: str, gold: str) -> int:
+    """1 when the output's final number equals the gold answer (both without thousands separators)."""
+    pred = final_number(output)
+    return int(pred is not None and pred == normalise_number(gold))

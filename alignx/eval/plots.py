@@ -1,0 +1,103 @@
+"""PNG plots of the report: alignment per layer, per-language bars, training curves.
+
+Figures are built on matplotlib's object API with the Agg canvas, so no global backend is switched
+and nothing needs a display.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+CURVE_FIELDS = ("loss", "lm", "ctr", "lam")
+_LABELS = {"x2en_top1": "top-1 X→en", "en2x_top1": "top-1 en→X", "cos_gap": "cosine gap (pair − random)"}
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def alignment_by_layer(
+    curves: dict[str, dict[str, dict[str, list[float]]]], metrics: list[str], title: str, path: Path,
+    marked_layer: int | None = None,
+) -> Path:
+    """One panel per (metric, encoding), one line per arm: ``curves[arm][encoding][metric]`` per layer;
+    ``marked_layer`` (the layer the tables report) gets a dashed line."""
+    encodings = sorted({e for per_arm in curves.values() for e in per_arm})
+    fig = Figure(figsize=(4.2 * len(encodings), 3.0 * len(metrics)))
+    for r, metric in enumerate(metrics):
+        for c, encoding in enumerate(encodings):
+            ax = fig.add_subplot(len(metrics), len(encodings), r * len(encodings) + c + 1)
+            for arm, per_arm in curves.items():
+                values = per_arm.get(encoding, {}).get(metric)
+                if values:
+                    ax.plot(range(len(values)), values, marker="o", label=arm)
+            if marked_layer is not None:
+                ax.axvline(marked_layer, color="grey", linestyle="--", linewidth=0.8)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.set_title(f"{encoding}: {_LABELS.get(metric, metric)}", fontsize=9)
+            ax.set_xlabel("layer (hidden_states index)")
+            ax.grid(alpha=0.3)
+            if r == 0 and c == 0:
+                ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def language_bars(values: dict[str, dict[str, float | None]], metric: str, title: str, path: Path) -> Path:
+    """Grouped bars: one group per language (or direction), one bar per arm: ``values[arm][label]``."""
+    arms = list(values)
+    labels = sorted({label for per_arm in values.values() for label in per_arm})
+    fig = Figure(figsize=(max(5.0, 0.9 * len(labels) * max(len(arms), 1) / 2 + 2), 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(len(arms), 1)
+    x = np.arange(len(labels))
+    for k, arm in enumerate(arms):
+        heights = [values[arm].get(label) for label in labels]
+        ax.bar(x + k * width, [np.nan if h is None else h for h in heights], width, label=arm)
+    ax.set_xticks(x + width * (len(arms) - 1) / 2, labels, rotation=30 if len(labels) > 8 else 0)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def read_train_log(path: Path) -> list[dict]:
+    """Rows of a training log (JSONL with ``step`` and loss parts); a bad line raises naming it."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {n}: expected a JSON object, found invalid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or "step" not in row:
+            raise ValueError(f"{path} line {n}: expected an object with 'step' and loss fields, found {line[:80]!r}")
+        rows.append(row)
+    return rows
+
+
+def training_curves(logs: dict[str, list[dict]], path: Path) -> Path:
+    """One panel per loss part (loss, lm, ctr, lam) that any arm logged, one line per arm."""
+    fields = [f for f in CURVE_FIELDS if any(f in row for rows in logs.values() for row in rows)]
+    fig = Figure(figsize=(4.2 * max(len(fields), 1), 3.2))
+    for k, name in enumerate(fields):
+        ax = fig.add_subplot(1, len(fields), k + 1)
+        for arm, rows in logs.items():
+            points = [(row["step"], row[name]) for row in rows if row.get(name) is not None]
+            if points:
+                ax.plot(*zip(*points), label=arm)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,283 @@
+"""The training stages: bootstrap base model, stage 1 (AlignX or control) and stage 2 (instruction SFT).
+
+Each stage is configuration plus an objective handed to the one loop (``alignx.train.loop.train``).
+A stage validates everything it can before it trains, keeps its resumable checkpoints in a sibling
+work dir (``.<out>.work``, so a retried call resumes) and writes its output directory atomically,
+ending with the artefact marker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from accelerate.utils import set_seed
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from alignx.artefacts import Artefact, atomic_dir, read_marker, write_marker
+from alignx.config import ConfigError, PipelineConfig, TrainConfig, fingerprint
+from alignx.data.instructions import (
+    cap_pairs_per_language, encode_rows, general_rows, translation_rows,
+)
+from alignx.data.schema import read_split
+from alignx.languages import LANGUAGES
+from alignx.model.alignx_model import AlignXModel, CausalLMObjective, check_align_layer
+from alignx.model.bootstrap import (
+    build_llama, packed_lm_examples, sample_sentences, template_sentences, train_tokenizer,
+)
+from alignx.train.checkpoint import TRAIN_LOG
+from alignx.train.loop import Progress, TrainResult, train
+
+log = logging.getLogger(__name__)
+
+RUN_RECORD = "alignx.json"
+
+
+def work_dir_for(out_dir: Path) -> Path:
+    """Where a stage keeps its resumable state: a hidden sibling of the output that outlives a crash."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.work"
+
+
+def training_languages(cfg: PipelineConfig) -> list[str]:
+    """The pivot then the other languages, without repeats: index = language id for L_lam."""
+    return list(dict.fromkeys([cfg.pivot, *cfg.languages]))
+
+
+def default_align_layer(n_layers: int) -> int:
+    """The middle block, as the reference (16 of 32)."""
+    return max(1, n_layers // 2)
+
+
+# ---------------------------------------------------------------- validation
+def _model_layers(model: str, problems: list[str]) -> int | None:
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        problems.append(f"model {model!r} cannot be loaded (a local checkpoint dir or a hub id): {exc}")
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.num_hidden_layers)
+
+
+def _check_train(name: str, train_cfg: TrainConfig, problems: list[str]) -> None:
+    if train_cfg.warmup_steps and train_cfg.steps is not None and train_cfg.warmup_steps >= train_cfg.steps:
+        problems.append(f"{name}.train.warmup_steps={train_cfg.warmup_steps} must be below steps={train_cfg.steps}")
+
+
+def validate_stage(
+    stage: str, cfg: PipelineConfig, shards_dir: Path, model: str | None = None
+) -> dict[str, Any]:
+    """Check config, shards and model together before any training; raise one ConfigError listing all.
+
+    Returns what the checks resolved (``align_layer`` for stage 1, the model's ``num_layers``).
+    """
+    problems: list[str] = []
+    resolved: dict[str, Any] = {}
+    for code in training_languages(cfg):
+        if code not in LANGUAGES:
+            problems.append(f"unknown language code {code!r}; known: {', '.join(sorted(LANGUAGES))}")
+    train_dir = Path(shards_dir) / "train"
+    shard_langs: set[str] = set()
+    if not sorted(train_dir.glob("*/part-*.parquet")):
+        problems.append(f"no train shards under {train_dir} (expected <src>-<tgt>/part-NNNNN.parquet); "
+                        "run the data stage first")
+    else:
+        for folder in train_dir.iterdir():
+            shard_langs.update(folder.name.split("-"))
+        missing = [c for c in cfg.languages if c not in shard_langs]
+        if missing:
+            problems.append(f"languages {missing} have no train shards under {train_dir} "
+                            f"(found: {', '.join(sorted(shard_langs))})")
+    if stage == "bootstrap":
+        n_layers = cfg.bootstrap.model.num_layers
+        _check_train("bootstrap", cfg.bootstrap.train, problems)
+        if cfg.bootstrap.model.hidden_size % cfg.bootstrap.model.num_heads:
+            problems.append("bootstrap.model.hidden_size must be a multiple of num_heads")
+    else:
+        n_layers = _model_layers(model, problems) if model else None
+    if stage in ("bootstrap", "stage1") and n_layers is not None:
+        layer = cfg.stage1.align_layer if cfg.stage1.align_layer is not None else default_align_layer(n_layers)
+        try:
+            check_align_layer(layer, n_layers)
+        except ValueError as exc:
+            problems.append(f"stage1.align_layer: {exc}")
+        resolved["align_layer"] = layer
+    if stage == "stage1":
+        _check_train("stage1", cfg.stage1.train, problems)
+        if cfg.stage1.train.micro_batch_size < 2 and cfg.stage1.lambda_ctr > 0:
+            problems.append("stage1.train.micro_batch_size must be at least 2: the contrastive loss's negatives "
+                            "are the other examples of the micro-batch")
+    if stage == "stage2":
+        _check_train("stage2", cfg.stage2.train, problems)
+        for i, source in enumerate(cfg.stage2.general):
+            if source.path is not None and not Path(source.path).is_file():
+                problems.append(f"stage2.general[{i}].path: instruction file {source.path} does not exist")
+    resolved["num_layers"] = n_layers
+    if problems:
+        raise ConfigError(f"for {stage}", problems)
+    return resolved
+
+
+# ---------------------------------------------------------------- shared pieces
+def _pairs(shards_dir: Path, cfg: PipelineConfig) -> pd.DataFrame:
+    """Train pairs whose two languages are both pipeline languages."""
+    pairs = read_split(shards_dir, "train")
+    langs = set(training_languages(cfg))
+    return pairs[pairs["src_lang"].isin(langs) & pairs["tgt_lang"].isin(langs)].reset_index(drop=True)
+
+
+def _load(model: str):
+    """Tokenizer and float32 causal LM (optimizer states want float32 weights; autocast does the rest)."""
+    import torch
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id serves
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    return tokenizer, lm
+
+
+def _finish(out_dir: Path, write, result: TrainResult, record: dict[str, Any]) -> Artefact:
+    """Write the output dir atomically (model files via ``write``, log, run record), then the marker."""
+    out_dir = Path(out_dir)
+    record = {**record, "steps": result.steps, "final": result.final}
+    with atomic_dir(out_dir) as tmp:
+        write(tmp)
+        shutil.copyfile(result.log_path, tmp / TRAIN_LOG)
+        (tmp / RUN_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    artefact = write_marker(out_dir, "model", {"stage": record["stage"], "steps": result.steps, **result.final,
+                                               **{k: record[k] for k in ("align_layer", "control") if k in record}})
+    shutil.rmtree(work_dir_for(out_dir), ignore_errors=True)
+    return artefact
+
+
+def _check_fit(stage: str, examples: list, usable: int, max_length: int) -> None:
+    """Refuse a run whose length limit cuts every response away (it would train on prompts only)."""
+    if usable == 0:
+        prompt = min(ex.encoded.prompt_len for ex in examples)
+        raise ConfigError(f"for {stage}", [
+            f"{stage}.train.max_length={max_length} cuts the response of every example (the shortest prompt "
+            f"alone takes {prompt} tokens with this tokenizer); raise max_length"])
+    if usable < 0.5 * len(examples):
+        log.warning("%s: max_length=%d cuts the response of %d of %d examples", stage, max_length,
+                    len(examples) - usable, len(examples))
+
+
+def _model_key(model: str) -> str:
+    marker = read_marker(Path(model)) if Path(model).is_dir() else None
+    return marker.fingerprint if marker else model
+
+
+# ---------------------------------------------------------------- stages
+def bootstrap_base_model(shards_dir: Path, cfg: PipelineConfig, out_dir: Path, progress: Progress | None = None) -> Artefact:
+    """Train a SentencePiece tokenizer and pre-train a small Llama on the shards' monolingual sides."""
+    validate_stage("bootstrap", cfg, shards_dir)
+    boot = cfg.bootstrap
+    work = work_dir_for(out_dir)
+    pairs = _pairs(shards_dir, cfg)
+    sentences = list(dict.fromkeys([*pairs["src_text"], *pairs["tgt_text"]]))
+    tok_dir = work / "tokenizer"
+    if (tok_dir / "tokenizer.json").is_file():  # a retried run reuses its tokenizer: same ids, same checkpoint
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    else:
+        shutil.rmtree(tok_dir, ignore_errors=True)
+        sample = sample_sentences(sentences, boot.tokenizer.max_sentences, boot.train.seed)
+        sample += template_sentences(training_languages(cfg), boot.tokenizer.template_repeats)
+        tokenizer = train_tokenizer(sample, boot.tokenizer, work / ".tokenizer-tmp")
+        (work / ".tokenizer-tmp").rename(tok_dir)
+    examples = packed_lm_examples(tokenizer, sentences, boot.train.max_length)
+    lm = build_llama(boot.model, tokenizer, seed=boot.train.seed)
+    key = fingerprint("bootstrap", boot.tokenizer, boot.model, len(sentences), sentences[:1000])
+    log.info("bootstrap: %d sentences -> %d packed blocks of %d tokens", len(sentences), len(examples),
+             boot.train.max_length)
+    result = train(CausalLMObjective(lm), examples, tokenizer.pad_token_id, boot.train, work, run_key=key,
+                   progress=progress, desc="bootstrap")
+
+    def write(tmp: Path) -> None:
+        lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    record = {"stage": "bootstrap", "config": boot.model_dump(mode="json"), "base_model": None,
+              "languages": training_languages(cfg), "blocks": len(examples)}
+    return _finish(out_dir, write, result, record)
+
+
+def train_stage1(
+    base_model: str,
+    shards_dir: Path,
+    cfg: PipelineConfig,
+    out_dir: Path,
+    *,
+    control: bool = False,
+    progress: Progress | None = None,
+) -> Artefact:
+    """Stage 1 on translation instructions; ``control`` sets both lambdas to 0 (same data, steps, seed)."""
+    s1 = cfg.stage1
+    base_model = str(base_model)
+    resolved = validate_stage("stage1", cfg, shards_dir, base_model)
+    align_layer = resolved["align_layer"]
+    languages = training_languages(cfg)
+    tokenizer, lm = _load(base_model)
+    rows = translation_rows(_pairs(shards_dir, cfg), cfg.pivot, s1.non_english_pairs)
+    if s1.max_examples is not None and len(rows) > s1.max_examples:
+        rows = rows.sample(n=s1.max_examples, random_state=s1.train.seed).sort_index()
+    examples = encode_rows(tokenizer, rows, s1.train.max_length, languages)
+    usable = sum(ex.encoded.tgt_span is not None and ex.encoded.src_span is not None for ex in examples)
+    log.info("stage 1: %d examples (%d with both spans inside max_length)", len(examples), usable)
+    _check_fit("stage1", examples, usable, s1.train.max_length)
+    set_seed(s1.train.seed)  # the head's initialisation: identical in both arms
+    objective = AlignXModel(lm, align_layer, tau=s1.tau,
+                            lambda_ctr=0.0 if control else s1.lambda_ctr,
+                            lambda_lam=0.0 if control else s1.lambda_lam, lam_width=s1.lam_width)
+    key = fingerprint("stage1", _model_key(base_model), s1.model_dump(exclude={"train"}), control,
+                      align_layer, languages, list(rows["example_id"]))
+    result = train(objective, examples, tokenizer.pad_token_id, s1.train, work_dir_for(out_dir), run_key=key,
+                   progress=progress, desc="stage1-control" if control else "stage1")
+
+    def write(tmp: Path) -> None:
+        lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        objective.save_head(tmp)
+
+    record = {"stage": "stage1", "control": control, "config": s1.model_dump(mode="json"),
+              "base_model": base_model, "align_layer": align_layer, "languages": languages,
+              "examples": len(examples), "usable_examples": usable}
+    return _finish(out_dir, write, result, record)
+
+
+def stage2_rows(shards_dir: Path, cfg: PipelineConfig) -> pd.DataFrame:
+    """Stage-2 instructions: capped translation instructions from the shards plus general ones."""
+    s2 = cfg.stage2
+    pairs = cap_pairs_per_language(_pairs(shards_dir, cfg), s2.translation_pairs_per_lang, cfg.pivot, s2.train.seed)
+    frames = [translation_rows(pairs, cfg.pivot, s2.non_english_pairs)]
+    frames.extend(general_rows(source) for source in s2.general)
+    return pd.concat(frames, ignore_index=True)
+
+
+def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Path, progress: Progress | None = None) -> Artefact:
+    """Stage 2: instruction SFT (L_lm only) from a stage-1 checkpoint or the base model; no L_lam head."""
+    s2 = cfg.stage2
+    model = str(model)
+    validate_stage("stage2", cfg, shards_dir, model)
+    tokenizer, lm = _load(model)
+    rows = stage2_rows(shards_dir, cfg)
+    examples = encode_rows(tokenizer, rows, s2.train.max_length, training_languages(cfg))
+    log.info("stage 2: %d examples (%d general)", len(examples), int((rows["kind"] == "general").sum()))
+    _check_fit("stage2", examples, sum(ex.encoded.tgt_span is not None for ex in examples), s2.train.max_length)
+    key = fingerprint("stage2", _model_key(model), s2.model_dump(exclude={"train"}), list(rows["example_id"]))
+    result = train(CausalLMObjective(lm), examples, tokenizer.pad_token_id, s2.train, work_dir_for(out_dir),
+                   run_key=key, progress=progress, desc="stage2")
+
+    def write(tmp: Path) -> None:
+        lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    record = {"stage": "stage2", "config": s2.model_dump(mode="json"), "base_model": model,
+              "languages": training_languages(cfg), "examples": len(examples),
+              "mask_prompt": s2.train.mask_prompt}
+    return _finish(out_dir, write, result, record)
