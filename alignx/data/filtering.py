@@ -31,6 +31,7 @@ from alignx.data.filters import (
 )
 from alignx.data.langid import LanguageIdentifier
 from alignx.data.schema import PAIR_SCHEMA
+from alignx.data.shards import read_parquet_batches
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def median_ratio(paths: list[str], min_chars: int) -> float | None:
     """The pair's median src/tgt length ratio over all its raw rows (lengths only: no texts kept)."""
     hist = RatioHistogram(min_chars)
     for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=16384, columns=["src_text", "tgt_text"]):
+        for batch in read_parquet_batches(path, ["src_text", "tgt_text"], batch_size=16384):
             hist.add(pc.utf8_length(batch.column(0)).to_numpy(zero_copy_only=False),
                      pc.utf8_length(batch.column(1)).to_numpy(zero_copy_only=False))
     return hist.median()
@@ -89,7 +90,7 @@ def filter_language_pair(job: FilterJob) -> dict[str, Any]:
     kept = 0
     with pq.ParquetWriter(job.output, PAIR_SCHEMA, compression="zstd") as writer:
         for source, path in job.inputs:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=cfg.langid.batch_size, columns=_COLUMNS):
+            for batch in read_parquet_batches(path, _COLUMNS, batch_size=cfg.langid.batch_size):
                 cols = [batch.column(c).to_pylist() for c in _COLUMNS]
                 pairs = [ParallelPair(sl, tl, st, tt, so, pid) for pid, sl, tl, st, tt, so in zip(*cols)]
                 per_source[source] += len(pairs)
@@ -97,7 +98,8 @@ def filter_language_pair(job: FilterJob) -> dict[str, Any]:
                 kept += len(survivors)
                 if survivors:
                     writer.write_table(pairs_table(survivors))
-    rejected = Counter()
+    pa.default_memory_pool().release_unused()  # keep RSS flat across pairs (mimalloc retains freed pages)
+    rejected: Counter = Counter()
     examples: dict[str, list[dict]] = {}
     languages: dict[str, dict[str, Any]] = {}
     for f in filters:

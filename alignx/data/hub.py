@@ -44,30 +44,31 @@ def _load_local(path: Path, split: str) -> Any:
     return datasets.load_dataset(str(path), split=split)
 
 
-def open_split(source: str, hub_id: str, config: str | None, split: str, roots: list[Path]) -> Any:
+def open_split(source: str, hub_id: str, config: str | None, split: str, roots: list[Path],
+               missing: Path | None = None) -> Any:
     """A ``datasets`` Dataset (local copy) or streaming IterableDataset (hub) for one config and split.
 
     Raises ``DataUnavailableError`` naming both the local path it looked for and the hub id when
-    neither can provide the data.
+    neither can provide the data; ``missing`` is a mirror folder that was looked for first.
     """
     local = local_copy(roots, config)
     if local is not None:
         log.info("source %s: reading local copy %s (split %s)", source, local, split)
         return _load_local(local, split)
     if hub_offline():
-        raise _unavailable(source, hub_id, config, split, roots, "the hub is offline (HF_HUB_OFFLINE is set)")
+        raise _unavailable(source, hub_id, config, split, roots, missing, "the hub is offline (HF_HUB_OFFLINE is set)")
     import datasets
 
     try:
         return datasets.load_dataset(hub_id, config, split=split, streaming=True)
     except Exception as exc:  # any hub failure (network, auth, missing config) means: not reachable
-        raise _unavailable(source, hub_id, config, split, roots, f"the hub failed ({exc})") from exc
+        raise _unavailable(source, hub_id, config, split, roots, missing, f"the hub failed ({exc})") from exc
 
 
 def _unavailable(source: str, hub_id: str, config: str | None, split: str, roots: list[Path],
-                 why: str) -> DataUnavailableError:
+                 missing: Path | None, why: str) -> DataUnavailableError:
     sub = f"/{config}" if config else ""
-    looked = ", ".join(f"{r}{sub}" for r in roots) or "(no data mirror found)"
+    looked = ", ".join([str(missing)] * (missing is not None) + [f"{r}{sub}" for r in roots]) or "(no data mirror found)"
     return DataUnavailableError(
         f"source {source!r}: {hub_id} (config {config!r}, split {split!r}) is not available. "
         f"No local copy at {looked}: set {MIRROR_ENV} (or data_mirror) to a folder holding it, saved with "

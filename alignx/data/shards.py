@@ -9,6 +9,7 @@ machine and run, and a pair never moves between splits when other pairs are adde
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,17 @@ from alignx.data.schema import MANIFEST, PAIR_SCHEMA
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid")
+
+
+def read_parquet_batches(path: str | Path, columns: list[str] | None = None,
+                         batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+    """Stream a Parquet file one row group at a time (our files have row groups of a few thousand rows).
+
+    ``ParquetFile.iter_batches`` reads ahead and its memory grows with the file; this stays flat.
+    """
+    pf = pq.ParquetFile(path)
+    for i in range(pf.num_row_groups):
+        yield from pf.read_row_group(i, columns=columns).to_batches(max_chunksize=batch_size)
 
 
 def valid_mask(pair_ids: list[str], valid_fraction: float) -> np.ndarray:
@@ -71,11 +83,12 @@ def write_shard_set(pair_files: list[Path], out: Path, cfg: ShardConfig, provena
     for path in sorted(pair_files):
         pair = path.stem
         writers = {s: PartWriter(out / s / pair, cfg.rows_per_shard, cfg.compression) for s in SPLITS}
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+        for batch in read_parquet_batches(path):
             table = pa.Table.from_batches([batch], schema=PAIR_SCHEMA)
             is_valid = valid_mask(table.column("pair_id").to_pylist(), cfg.valid_fraction)
             writers["valid"].write(table.filter(pa.array(is_valid)))
             writers["train"].write(table.filter(pa.array(~is_valid)))
+        pa.default_memory_pool().release_unused()  # mimalloc otherwise keeps every pair's peak: RSS grows with N
         for split, writer in writers.items():
             writer.close()
             counts[split][pair] = sum(f["rows"] for f in writer.files)

@@ -24,7 +24,7 @@ from alignx.artefacts import file_digest
 from alignx.config import SOURCES_FILE, ConfigError, fingerprint
 from alignx.data import hub
 from alignx.languages import get_language
-from alignx.mirror import MIRROR_ENV, DataUnavailableError, hub_offline
+from alignx.mirror import MIRROR_ENV, DataUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +142,19 @@ def read_aligned_files(src_path: Path, tgt_path: Path, limit: int | None = None)
     """
     with _open(src_path) as fa, _open(tgt_path) as fb:
         batch: list[TextPair] = []
-        n = 0
-        for n, (a, b) in enumerate(zip(fa, fb), start=1):
-            if limit is not None and n > limit:
-                n -= 1
-                fa = itertools.chain([a], fa)
-                fb = itertools.chain([b], fb)
+        n, rest_a, rest_b = 0, 0, 0
+        while limit is None or n < limit:
+            a, b = fa.readline(), fb.readline()
+            if not a or not b:  # one file ended: the other must end here too
+                rest_a, rest_b = int(bool(a)), int(bool(b))
                 break
+            n += 1
             batch.append((_decode(a, src_path, n), _decode(b, tgt_path, n)))
             if len(batch) >= BATCH_ROWS:
                 yield batch
                 batch = []
-        rest_a, rest_b = sum(1 for _ in fa), sum(1 for _ in fb)
+        rest_a += sum(1 for _ in fa)
+        rest_b += sum(1 for _ in fb)
         if rest_a != rest_b:
             raise SourceError(
                 f"line counts differ between aligned files: {src_path} has {n + rest_a} lines, "
@@ -311,7 +312,8 @@ def _parquet_rows(path: Path, cols: tuple[str, str]) -> Iterator[TextPair]:
     found = pf.schema_arrow.names
     if cols[0] not in found or cols[1] not in found:
         raise _missing_column(path, cols, found)
-    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=list(dict.fromkeys(cols))):
+    # no read-ahead threads: their buffers grow with the file
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=list(dict.fromkeys(cols)), use_threads=False):
         a, b = batch.column(cols[0]).to_pylist(), batch.column(cols[1]).to_pylist()
         yield from zip(map(_text, a), map(_text, b))
 
@@ -334,6 +336,10 @@ class HubReader(PairReader):
     kind = "hub"
     Params = HubParams
 
+    def __init__(self, name: str, params: HubParams, mirror: Path | None, missing: Path | None = None):
+        super().__init__(name, params, mirror)
+        self.missing = missing  # the mirror folder this reader stands in for, named in errors
+
     def has_pair(self, a: str, b: str) -> bool:
         if self.params.layout == "multiway":
             return a in (self.params.languages or []) and b in (self.params.languages or [])
@@ -352,7 +358,8 @@ class HubReader(PairReader):
         return self.params.config.format(**_fields(*codes)) if self.params.config else None
 
     def _open(self, *codes: str):
-        return hub.open_split(self.name, self.params.path, self._config(*codes), self.params.split, self._roots())
+        return hub.open_split(self.name, self.params.path, self._config(*codes), self.params.split, self._roots(),
+                              self.missing)
 
     def files(self, src: str, tgt: str) -> list[Path]:
         configs = [self._config(src, tgt)] if self.params.layout == "pairs" else [self._config(src), self._config(tgt)]
@@ -433,16 +440,18 @@ def open_source(name: str, mirror: Path | None, catalogue: Path = SOURCES_FILE) 
     if cls in (HubReader, TableReader):
         return reader  # they name their own missing files / unreachable hub
     root = reader._local(params.path)
-    if root.is_dir():
+    if (mirror is not None or root.is_absolute()) and root.is_dir():
         return reader
     hub_params = getattr(params, "hub", None)
-    if hub_params is not None and not hub_offline():
-        log.info("source %s: %s is not in the data mirror; reading %s from the hub", name, root, hub_params.path)
-        return HubReader(name, hub_params, mirror)
-    hub_hint = f"; or go online (unset HF_HUB_OFFLINE) to read {hub_params.path} from the hub" if hub_params else ""
+    if hub_params is not None:
+        # The hub reader uses a local copy of the hub set if there is one, else the hub; when neither
+        # works its error names this mirror folder too.
+        log.info("source %s: %s is not in the data mirror; reading %s instead", name, root, hub_params.path)
+        return HubReader(name, hub_params, mirror, missing=root)
     raise DataUnavailableError(
         f"source {name!r}: {root if mirror is not None else params.path + ' (no data mirror found)'} does not exist: "
-        f"set {MIRROR_ENV} (or data_mirror) to a folder with the layout of ../shared/data{hub_hint}"
+        f"set {MIRROR_ENV} (or data_mirror) to a folder with the layout of ../shared/data; or give {name!r} a "
+        f"hub: block in {catalogue} to read it from the Hugging Face hub"
     )
 
 

@@ -10,8 +10,9 @@ import json
 import logging
 import multiprocessing
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from alignx.data.filters import REASONS
 from alignx.data.langid import prepare_model
 from alignx.data.schema import PAIR_SCHEMA, pair_id
 from alignx.data.shards import write_shard_set
-from alignx.data.sources import TextPair, open_source, source_inputs_fingerprint
+from alignx.data.sources import PairReader, open_source, source_inputs_fingerprint
 from alignx.mirror import resolve_mirror
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
 REPORT = "report.json"
 PARALLEL_MIN_ROWS = 50_000  # below this, starting worker processes costs more than it saves
+BYTES_PER_PAIR = 80  # a Tatoeba pair's two lines, for sizing the collect work before reading it
 TOP_MISLABELS = 3
 
 
@@ -44,21 +46,38 @@ def source_fingerprint(source: str, cfg: PipelineConfig) -> str:
     return source_inputs_fingerprint(reader, reader.pairs(cfg.pivot, cfg.languages))
 
 
-def _write_raw(batches: Iterator[list[TextPair]], path: Path, src: str, tgt: str, source: str) -> int:
-    n = 0
-    with pq.ParquetWriter(path, PAIR_SCHEMA, compression="zstd") as writer:
-        for batch in batches:
-            a = [p[0] for p in batch]
-            b = [p[1] for p in batch]
+@dataclass(frozen=True)
+class CollectJob:
+    """One language pair of one source to read into a raw Parquet file."""
+
+    reader: PairReader
+    src: str
+    tgt: str
+    limit: int | None
+    output: str
+
+
+def collect_pair(job: CollectJob) -> int:
+    """Read one language pair into ``job.output`` (PAIR_SCHEMA, LID scores NaN); return the row count."""
+    n, src, tgt, source = 0, job.src, job.tgt, job.reader.name
+    with pq.ParquetWriter(job.output, PAIR_SCHEMA, compression="zstd") as writer:
+        for batch in job.reader.read(src, tgt, job.limit):
             nan = np.full(len(batch), np.nan, dtype=np.float32)
             writer.write_table(pa.Table.from_pydict({
-                "pair_id": [pair_id(src, tgt, x, y) for x, y in batch],
+                "pair_id": [pair_id(src, tgt, a, b) for a, b in batch],
                 "src_lang": [src] * len(batch), "tgt_lang": [tgt] * len(batch),
-                "src_text": a, "tgt_text": b, "source": [source] * len(batch),
-                "src_lid": nan, "tgt_lid": nan,
+                "src_text": [p[0] for p in batch], "tgt_text": [p[1] for p in batch],
+                "source": [source] * len(batch), "src_lid": nan, "tgt_lid": nan,
             }, schema=PAIR_SCHEMA))
             n += len(batch)
+    pa.default_memory_pool().release_unused()  # RSS stays flat in N (mimalloc keeps freed pages otherwise)
+    log.info("collect %s %s-%s: %d pairs", source, src, tgt, n)
     return n
+
+
+def _input_bytes(reader: PairReader, src: str, tgt: str, limit: int | None) -> int:
+    size = sum(f.stat().st_size for f in reader.files(src, tgt) if f.is_file())
+    return size if limit is None else min(size, limit * BYTES_PER_PAIR)
 
 
 def collect_source(source: str, cfg: PipelineConfig, run_root: Path, progress: Progress | None = None) -> Artefact:
@@ -72,16 +91,40 @@ def collect_source(source: str, cfg: PipelineConfig, run_root: Path, progress: P
     if not pairs:
         raise ValueError(f"source {source!r} holds none of the pairs {cfg.pivot}-{{{', '.join(cfg.languages)}}}")
     out = Path(run_root) / "raw" / source
-    counts: dict[str, int] = {}
+    limit = cfg.data.max_pairs_per_pair
     with atomic_dir(out) as tmp:
-        for i, (src, tgt) in enumerate(pairs, start=1):
-            name = f"{src}-{tgt}"
-            counts[name] = _write_raw(reader.read(src, tgt, cfg.data.max_pairs_per_pair),
-                                      tmp / f"{name}.parquet", src, tgt, source)
-            log.info("collect %s %s: %d pairs", source, name, counts[name])
-            if progress:
-                progress(i, len(pairs), f"collect {source} {name}")
-    return write_marker(out, "raw", {"source": source, "pairs": counts})
+        jobs = [CollectJob(reader, s, t, limit, str(tmp / f"{s}-{t}.parquet")) for s, t in pairs]
+        weights = [_input_bytes(reader, s, t, limit) for s, t in pairs]
+        counts = _map(collect_pair, jobs, weights, cfg.data.workers, PARALLEL_MIN_ROWS * BYTES_PER_PAIR,
+                      progress, lambda j: f"collect {source} {j.src}-{j.tgt}", count_jobs=True)
+    return write_marker(out, "raw", {"source": source, "pairs": {f"{s}-{t}": n for (s, t), n in zip(pairs, counts)}})
+
+
+def _map(fn: Callable[[Any], Any], jobs: list[Any], weights: list[int], workers: int, min_weight: int,
+         progress: Progress | None, label: Callable[[Any], str], count_jobs: bool = False) -> list[Any]:
+    """``fn`` over jobs, results in job order; in worker processes (heaviest first) when the work is
+    big enough to repay starting them. Progress counts jobs or job weights."""
+    results: list[Any] = [None] * len(jobs)
+    total = len(jobs) if count_jobs else sum(weights)
+    done = 0
+    workers = min(workers, len(jobs))
+    if workers > 1 and sum(weights) >= min_weight:
+        # spawn, not fork: the caller may run threads (Prefect), which fork does not copy safely.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            order = sorted(range(len(jobs)), key=lambda i: -weights[i])
+            futures = [(i, pool.submit(fn, jobs[i])) for i in order]
+            for i, future in futures:
+                results[i] = future.result()
+                done += 1 if count_jobs else weights[i]
+                if progress:
+                    progress(done, total, label(jobs[i]))
+        return results
+    for i, job in enumerate(jobs):
+        results[i] = fn(job)
+        done += 1 if count_jobs else weights[i]
+        if progress:
+            progress(done, total, label(job))
+    return results
 
 
 # ---------------------------------------------------------------- filter
@@ -93,30 +136,6 @@ def _jobs(raw: list[Artefact], cfg: PipelineConfig, tmp: Path, model_path: Path)
             inputs.setdefault(path.stem, []).append((source, str(path)))
     return [FilterJob(pair, tuple(files), str(tmp / f"{pair}.parquet"), cfg.data, str(model_path))
             for pair, files in sorted(inputs.items())]
-
-
-def _run_jobs(jobs: list[FilterJob], workers: int, progress: Progress | None) -> list[dict[str, Any]]:
-    sizes = {j.pair: rows_of([p for _, p in j.inputs]) for j in jobs}
-    total, done, results = sum(sizes.values()), 0, {}
-    workers = min(workers, len(jobs))
-    if workers > 1 and total >= PARALLEL_MIN_ROWS:
-        # spawn, not fork: the caller may run threads (Prefect), which fork does not copy safely.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            biggest_first = sorted(jobs, key=lambda j: -sizes[j.pair])
-            futures = {pool.submit(filter_language_pair, j): j for j in biggest_first}
-            for future in futures:  # results are keyed by pair, so completion order does not matter
-                results[futures[future].pair] = future.result()
-                done += sizes[futures[future].pair]
-                if progress:
-                    progress(done, total, f"filter {futures[future].pair}")
-    else:
-        for job in jobs:
-            results[job.pair] = filter_language_pair(job)
-            done += sizes[job.pair]
-            if progress:
-                progress(done, total, f"filter {job.pair}")
-    return [results[j.pair] for j in jobs]
 
 
 def build_report(results: list[dict[str, Any]], cfg: PipelineConfig) -> dict[str, Any]:
@@ -165,7 +184,9 @@ def filter_pairs(raw: list[Artefact], cfg: PipelineConfig, run_root: Path, progr
     out = Path(run_root) / "filtered" / fp
     model_path = prepare_model(cfg.data.langid)
     with atomic_dir(out) as tmp:
-        results = _run_jobs(_jobs(raw, cfg, tmp, model_path), cfg.data.workers, progress)
+        jobs = _jobs(raw, cfg, tmp, model_path)
+        results = _map(filter_language_pair, jobs, [rows_of([p for _, p in j.inputs]) for j in jobs],
+                       cfg.data.workers, PARALLEL_MIN_ROWS, progress, lambda j: f"filter {j.pair}")
         report = build_report(results, cfg)
         report["inputs"] = [{"source": r.meta.get("source"), "fingerprint": r.fingerprint} for r in raw]
         report["config"] = {"langid": cfg.data.langid.model_dump(mode="json"),
@@ -207,6 +228,8 @@ def write_shards(filtered: Artefact, cfg: PipelineConfig, run_root: Path) -> Art
         "config": {"data": cfg.data.model_dump(mode="json"), "pivot": cfg.pivot, "languages": cfg.languages},
         "filtered": {"path": filtered.path, "fingerprint": filtered.fingerprint},
         "rejections": {pair: c["rejected"] for pair, c in report.get("pairs", {}).items()},
+        "lid_retention": {lang: v.get("retention", v.get("lid")) for lang, v in report.get("languages", {}).items()},
+        "warnings": report.get("warnings", []),
     }
     with atomic_dir(out) as tmp:
         manifest = write_shard_set(sorted(Path(filtered.path).glob("*.parquet")), tmp, cfg.data.shard, provenance)

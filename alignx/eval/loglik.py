@@ -38,32 +38,53 @@ def prefix_token_id(tokenizer) -> int:
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
-def tok_encode(tokenizer, text: str) -> list[int]:
-    """``tokenizer.encode`` with the tokenizer's default special tokens, unless the text already starts
-    with the prefix token's string (lm-eval's ``tok_encode``)."""
-    prefix = tokenizer.decode(prefix_token_id(tokenizer))
-    if prefix and text.startswith(prefix):
-        return tokenizer.encode(text, add_special_tokens=False)
-    return tokenizer.encode(text)
+def encode_requests(tokenizer, requests: Sequence[Request]) -> list[EncodedRequest]:
+    """Token ids of each request's context and continuation, split the way lm-eval splits them.
+
+    Strings are encoded with the tokenizer's default special tokens (``tokenizer.encode(text)``),
+    except a string that already starts with the prefix token's text (lm-eval's ``tok_encode``) and
+    the continuation of an empty context. Each distinct string is encoded once, in one batched call
+    per special-token setting (the same ids as one call per string).
+    """
+    prefix = prefix_token_id(tokenizer)
+    prefix_text = tokenizer.decode(prefix)
+    tables: dict[bool, dict[str, list[int] | None]] = {True: {}, False: {}}  # add_special_tokens -> ids
+
+    def key(text: str, special: bool = True) -> tuple[bool, str]:
+        special = special and not (prefix_text and text.startswith(prefix_text))
+        tables[special][text] = None
+        return special, text
+
+    plan = []
+    for context, continuation in requests:
+        if context == "":
+            plan.append((None, key(continuation, special=False), context, continuation))
+            continue
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:  # trailing spaces of the context belong to the continuation
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        plan.append((key(context), key(context + continuation), context, continuation))
+    for special, table in tables.items():
+        texts = list(table)
+        if texts:
+            table.update(zip(texts, tokenizer(texts, add_special_tokens=special)["input_ids"]))
+    out = []
+    for ctx_key, whole_key, context, continuation in plan:
+        whole = list(tables[whole_key[0]][whole_key[1]])
+        if ctx_key is None:  # empty context: the prefix token, unless the continuation starts with it
+            ctx, cont = ([prefix], whole) if not whole or whole[0] != prefix else (whole[:1], whole[1:])
+        else:
+            ctx = list(tables[ctx_key[0]][ctx_key[1]])
+            cont = whole[len(ctx):]
+        if not cont:
+            raise EmptyContinuationError(f"continuation {continuation!r} has no tokens after context {context!r}")
+        out.append(EncodedRequest(tuple(ctx), tuple(cont)))
+    return out
 
 
 def encode_request(tokenizer, context: str, continuation: str) -> EncodedRequest:
-    """Token ids of one request's context and continuation, split the way lm-eval splits them."""
-    if context == "":
-        cont = tokenizer.encode(continuation, add_special_tokens=False)
-        prefix = prefix_token_id(tokenizer)
-        ctx, cont = ([prefix], cont) if not cont or cont[0] != prefix else (cont[:1], cont[1:])
-    else:
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        whole = tok_encode(tokenizer, context + continuation)
-        ctx = tok_encode(tokenizer, context)
-        cont = whole[len(ctx):]
-    if not cont:
-        raise EmptyContinuationError(f"continuation {continuation!r} has no tokens after context {context!r}")
-    return EncodedRequest(tuple(ctx), tuple(cont))
+    """``encode_requests`` for a single request."""
+    return encode_requests(tokenizer, [(context, continuation)])[0]
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -95,8 +116,7 @@ class LoglikelihoodScorer:
 
     def score(self, requests: Sequence[Request], progress: Callable[[int], None] | None = None) -> list[Score]:
         """(log-probability, is_greedy) of each request's continuation given its context, in input order."""
-        encoded = [encode_request(self.tokenizer, c, x) for c, x in requests]
-        return self.score_encoded(encoded, progress)
+        return self.score_encoded(encode_requests(self.tokenizer, requests), progress)
 
     @torch.inference_mode()
     def score_encoded(self, encoded: Sequence[EncodedRequest], progress: Callable[[int], None] | None = None) -> list[Score]:
@@ -122,12 +142,13 @@ class LoglikelihoodScorer:
         return results  # type: ignore[return-value]
 
     def _context_batches(self, encoded: Sequence[EncodedRequest], indices: list[int]) -> list[list[int]]:
-        """Requests grouped by context, longest first, at most ``batch_size`` continuations per batch
-        (a group larger than that gets a batch of its own)."""
+        """Requests grouped by context, at most ``batch_size`` continuations per batch (a larger group
+        gets a batch of its own). Groups are ordered by their longest continuation, then context:
+        padding of the continuations, which outnumber the contexts, costs the most."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for i in indices:
             groups.setdefault(encoded[i].context, []).append(i)
-        ordered = sorted(groups.values(), key=lambda g: -max(len(encoded[i].context) + len(encoded[i].continuation) for i in g))
+        ordered = sorted(groups.values(), key=lambda g: (-max(len(encoded[i].continuation) for i in g), -len(encoded[g[0]].context)))
         batches, current = [], []
         for group in ordered:
             if current and len(current) + len(group) > self.batch_size:
@@ -145,19 +166,13 @@ class LoglikelihoodScorer:
         conts = [list(r.continuation) for r in batch]
         width = max(len(x) for x in inputs)
         first = min(len(x) - len(c) for x, c in zip(inputs, conts))  # earliest position any row needs
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, x in enumerate(inputs):
-            ids[row, :len(x)] = torch.tensor(x)
-            mask[row, :len(x)] = 1
+        ids, mask = _right_padded(inputs, width, self.pad_id)
         logits = self.model(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), logits_to_keep=width - first
         ).logits
-        out = []
-        for row, (x, cont) in enumerate(zip(inputs, conts)):
-            start = len(x) - len(cont) - first
-            out.append(_continuation_score(logits[row, start:start + len(cont)], cont))
-        return out
+        # row r's continuation is predicted at kept positions [len(x) - len(cont) - first, len(x) - first)
+        offsets = [len(x) - len(c) - first for x, c in zip(inputs, conts)]
+        return _gather_scores(logits, conts, offsets)
 
     # ------------------------------------------------------------ shared contexts through the KV cache
     def _score_shared(self, batch: Sequence[EncodedRequest]) -> list[Score]:
@@ -165,50 +180,65 @@ class LoglikelihoodScorer:
         contexts = list(dict.fromkeys(r.context for r in batch))
         group_of = {ctx: g for g, ctx in enumerate(contexts)}
         width = max(len(c) for c in contexts)
-        ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
-        ctx_mask = torch.zeros((len(contexts), width), dtype=torch.long)
-        for g, ctx in enumerate(contexts):
-            ids[g, :len(ctx)] = torch.tensor(ctx)
-            ctx_mask[g, :len(ctx)] = 1
-        keep = width - min(len(c) for c in contexts) + 1
+        ids, ctx_mask = _right_padded(contexts, width, self.pad_id)
+        # only the contexts' last positions go through the vocabulary projection
+        ends = sorted({len(c) - 1 for c in contexts})
         out = self.model(
-            input_ids=ids.to(self.device), attention_mask=ctx_mask.to(self.device), use_cache=True, logits_to_keep=keep
+            input_ids=ids.to(self.device), attention_mask=ctx_mask.to(self.device), use_cache=True,
+            logits_to_keep=torch.tensor(ends, device=self.device),
         )
-        # the distribution of each continuation's first token: at the context's last position
-        last = torch.stack([out.logits[g, len(ctx) - 1 - (width - keep)] for g, ctx in enumerate(contexts)])
-        first_scores = [_continuation_score(last[group_of[r.context]].unsqueeze(0), r.continuation[:1]) for r in batch]
+        # the distribution of each continuation's first token: at its context's last position
+        last = torch.stack([out.logits[g, ends.index(len(ctx) - 1)] for g, ctx in enumerate(contexts)])
+        rows = [group_of[r.context] for r in batch]
+        head = _gather_scores(last[rows].unsqueeze(1), [r.continuation[:1] for r in batch], [0] * len(batch))
         rest = [k for k, r in enumerate(batch) if len(r.continuation) > 1]
         if not rest:
-            return first_scores
+            return head
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        rows = torch.tensor([group_of[batch[k].context] for k in rest], device=self.device)
-        cache.reorder_cache(rows)
-        tails = [list(batch[k].continuation[:-1]) for k in rest]
+        cache.reorder_cache(torch.tensor([rows[k] for k in rest], device=self.device))
+        tails = [batch[k].continuation[:-1] for k in rest]
         tail_width = max(len(t) for t in tails)
-        tail_ids = torch.full((len(rest), tail_width), self.pad_id, dtype=torch.long)
-        tail_mask = torch.zeros((len(rest), tail_width), dtype=torch.long)
-        for row, tail in enumerate(tails):
-            tail_ids[row, :len(tail)] = torch.tensor(tail)
-            tail_mask[row, :len(tail)] = 1
+        tail_ids, tail_mask = _right_padded(tails, tail_width, self.pad_id)
         ctx_lens = torch.tensor([len(batch[k].context) for k in rest])
         positions = ctx_lens[:, None] + torch.arange(tail_width)[None, :]
-        mask = torch.cat([ctx_mask.to(self.device)[rows], tail_mask.to(self.device)], dim=1)
+        mask = torch.cat([ctx_mask[[rows[k] for k in rest]], tail_mask], dim=1)
         logits = self.model(
-            input_ids=tail_ids.to(self.device), attention_mask=mask, position_ids=positions.to(self.device),
-            use_cache=True, **{self._cache_arg: cache},
+            input_ids=tail_ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device), use_cache=True, **{self._cache_arg: cache},
         ).logits
-        scores = list(first_scores)
-        for row, k in enumerate(rest):
-            cont = batch[k].continuation
-            tail_lp, tail_greedy = _continuation_score(logits[row, :len(cont) - 1], cont[1:])
-            head_lp, head_greedy = first_scores[k]
-            scores[k] = (head_lp + tail_lp, head_greedy and tail_greedy)
+        tail = _gather_scores(logits, [batch[k].continuation[1:] for k in rest], [0] * len(rest))
+        scores = list(head)
+        for (lp, greedy), k in zip(tail, rest):
+            scores[k] = (head[k][0] + lp, head[k][1] and greedy)
         return scores
 
 
-def _continuation_score(logits: torch.Tensor, continuation: Sequence[int]) -> Score:
-    """Summed log-probability of ``continuation`` under ``logits`` [len, vocab] and whether it is greedy."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    target = torch.tensor(list(continuation), device=logits.device)
-    picked = logprobs.gather(1, target[:, None]).squeeze(1)
-    return float(picked.sum()), bool((logprobs.argmax(dim=-1) == target).all())
+def _right_padded(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)] = torch.tensor(list(row), dtype=torch.long)
+        mask[r, :len(row)] = 1
+    return ids, mask
+
+
+def _gather_scores(logits: torch.Tensor, targets: Sequence[Sequence[int]], offsets: Sequence[int]) -> list[Score]:
+    """Summed log-probability of each row's ``targets`` under ``logits[row, offset:offset+len]`` and
+    whether they are the greedy tokens.
+
+    A token is greedy when its logit is the maximum (argmax over the vocabulary is the slowest
+    reduction torch has on CPU; an exact float32 tie, where argmax would pick the lower id, is
+    vanishingly rare, and no metric here reads the flag).
+    """
+    logits = logits.float()
+    n, width = logits.shape[:2]
+    index = torch.zeros((n, width), dtype=torch.long)
+    valid = torch.zeros((n, width), dtype=torch.bool)
+    for r, (tgt, off) in enumerate(zip(targets, offsets)):
+        index[r, off:off + len(tgt)] = torch.tensor(list(tgt), dtype=torch.long)
+        valid[r, off:off + len(tgt)] = True
+    index, valid = index.to(logits.device), valid.to(logits.device)
+    chosen = logits.gather(2, index[..., None]).squeeze(-1)
+    picked = torch.log_softmax(logits, dim=-1).gather(2, index[..., None]).squeeze(-1).masked_fill(~valid, 0.0)
+    greedy = (chosen >= logits.amax(dim=-1)) | ~valid
+    return list(zip(picked.sum(dim=1).tolist(), greedy.all(dim=1).tolist()))

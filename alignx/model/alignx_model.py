@@ -99,23 +99,31 @@ class AlignXModel(nn.Module):
             use_cache=False,
         )
         align_states, final_states = out.hidden_states[self.align_layer], out.hidden_states[-1]
-        l_lm = lm_loss(out.logits, batch["labels"])
-        del out  # drop the other layers' states and the logits' container right away
+        logits = out.logits
+        del out  # drop the other layers' states right away
+        return self.losses_from_states(logits, align_states, final_states, batch)
 
+    def losses_from_states(
+        self, logits: Tensor, align_states: Tensor, final_states: Tensor, batch: dict[str, Tensor]
+    ) -> LossParts:
+        """The three losses from the logits and the two layers' states [B, T, d] of one batch."""
+        l_lm = lm_loss(logits, batch["labels"])
         ok = batch["span_ok"]
         usable = int(ok.sum())
         src, tgt = batch["src_span"][ok], batch["tgt_span"][ok]
+        if usable < len(ok):  # boolean indexing copies: only pay for it when some rows are left out
+            align_states, final_states = align_states[ok], final_states[ok]
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.lambda_ctr > 0):
             if usable >= 2:
-                hx = span_mean(align_states[ok], src)
-                hy = span_mean(align_states[ok], tgt)
+                hx = span_mean(align_states, src)
+                hy = span_mean(align_states, tgt)
                 l_ctr = contrastive_loss(hx, hy, self.tau)
             else:
                 l_ctr = align_states.sum() * 0.0
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.lambda_lam > 0):
             if usable >= 1:
-                ex = span_mean(final_states[ok], src, shift=1)
-                ey = span_mean(final_states[ok], tgt, shift=1)
+                ex = span_mean(final_states, src, shift=1)
+                ey = span_mean(final_states, tgt, shift=1)
                 langs = torch.cat([batch["src_lang"][ok], batch["tgt_lang"][ok]])
                 l_lam = language_matching_loss(self.lam_head, torch.cat([ex, ey]), langs)
             else:

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from alignx.config import parse_config
+from alignx.eval.runner import evaluate_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
 TOKENIZER_LANGS = ("eng_Latn", "deu_Latn", "zho_Hans", "swh_Latn", "tha_Thai")
 
 
@@ -63,3 +67,29 @@ def tiny_lm_dir(tmp_path_factory, tiny_model, tiny_tokenizer) -> Path:
     tiny_model.save_pretrained(out)
     tiny_tokenizer.save_pretrained(out)
     return out
+
+
+def eval_config(tmp: Path, **eval_overrides):
+    """A seconds-scale evaluation: XCOPA, FLORES, MGSM from the mirror, XNLI and Belebele from fixtures."""
+    ev = {
+        "benchmarks": ["xcopa", "xnli", "belebele", "mgsm", "flores"],
+        "limit": {"xcopa": 8, "flores": 4, "mgsm": 2},
+        "max_new_tokens": 8, "batch_size": 8,
+        "data_files": {"xnli": str(FIXTURES / "xnli" / "{code}.validation.jsonl"),
+                       "belebele": str(FIXTURES / "belebele" / "{code}.jsonl")},
+        "alignment": {"sets": ["flores"], "max_sentences": 16},
+        "bootstrap_resamples": 200,
+    }
+    ev.update(eval_overrides)
+    return parse_config({"name": "eval-test", "languages": ["de", "zh", "sw"], "eval": ev,
+                         "data": {"langid": {"cache_dir": str(tmp / "fasttext")}}})
+
+
+@pytest.fixture(scope="session")
+def evaluated(tmp_path_factory, tiny_lm_dir):
+    """(artefact, progress calls, config) of one evaluation of the tiny checkpoint."""
+    tmp = tmp_path_factory.mktemp("eval")
+    cfg = eval_config(tmp)
+    calls = []
+    art = evaluate_model(str(tiny_lm_dir), cfg, tmp / "out", progress=lambda d, t, desc: calls.append((d, t, desc)))
+    return art, calls, cfg

@@ -1,0 +1,106 @@
+"""The report over arms' eval directories: tables for every arm and benchmark, intervals, plots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from alignx.artefacts import verify_artefact
+from alignx.eval.report import ReportInputError, report_markdown, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _arm_with_xcopa_acc(source: Path, dest: Path, acc: float) -> Path:
+    """A copy of an eval dir whose XCOPA items (and their means) are all right or all wrong."""
+    shutil.copytree(source, dest)
+    doc = json.loads((dest / "metrics.json").read_text())
+    for task in ("xcopa_sw", "xcopa_zh"):
+        path = dest / "items" / f"{task}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**r, "acc": acc}) + "\n" for r in rows))
+        doc["results"][task]["acc"] = acc
+    doc["groups"]["xcopa"]["acc"] = acc
+    (dest / "metrics.json").write_text(json.dumps(doc))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def report(evaluated, tmp_path_factory):
+    art, _, cfg = evaluated
+    tmp = tmp_path_factory.mktemp("report")
+    base = Path(art.path)
+    arms = {
+        "base": base,
+        "sft": base,
+        "control": _arm_with_xcopa_acc(base, tmp / "control", 0.0),
+        "alignx": _arm_with_xcopa_acc(base, tmp / "alignx", 1.0),
+    }
+    log = tmp / "train_log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 5 - s / 10, "lm": 4 - s / 10, "ctr": 1.2, "lam": 0.7}) + "\n"
+                           for s in range(1, 30)))
+    curves = {"alignx": log, "control": log}
+    return write_report(arms, cfg, tmp / "out", curves=curves), arms, cfg
+
+
+def _table(markdown: str, section: str, metric: str) -> list[list[str]]:
+    part = markdown.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    block = part.split(f"| {metric} |", 1)[1].split("\n\n", 1)[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()[2:]]
+
+
+def test_tables_have_numbers_for_every_arm_and_benchmark(report):
+    art, arms, _ = report
+    md = Path(art.meta["report"]).read_text()
+    for section, metric, rows in [("xcopa", "acc", ["sw", "zh"]), ("xnli", "acc", ["de", "sw", "zh"]),
+                                  ("belebele", "acc_norm", ["de", "sw", "zh"]), ("mgsm", "exact_match", ["de", "sw", "zh"]),
+                                  ("flores_en-x", "chrf", ["en-de", "en-sw", "en-zh"]),
+                                  ("align_flores_prompt", "x2en_top1", ["de", "sw", "zh"])]:
+        table = _table(md, section, metric)
+        assert [r[0] for r in table] == [*rows, "**average**"], section
+        for row in table:
+            assert len(row) == 1 + len(arms)
+            assert all(float(cell) >= 0 for cell in row[1:]), (section, row)
+    assert "| alignx − control |" in md and "| alignx − sft |" in md
+
+
+def test_summary_says_whether_intervals_exclude_zero(report):
+    art, _, _ = report
+    summary = art.meta["summary"]
+    xcopa = next(s for s in summary if s.startswith("alignx − control, xcopa acc"))
+    assert "+1.000 [+1.000, +1.000]" in xcopa and "excludes zero (alignx better)" in xcopa
+    same = next(s for s in summary if s.startswith("alignx − sft, mgsm exact_match"))
+    assert "includes zero" in same
+    assert any(s.startswith("alignx − control, align_flores_prompt x2en_top1") for s in summary)
+    assert "## Summary" in art.meta["markdown"] and "![" not in art.meta["markdown"]
+
+
+def test_plots_are_written(report):
+    art, _, _ = report
+    plots = Path(art.path) / "plots"
+    names = {p.name for p in plots.glob("*.png")}
+    assert {"alignment_flores.png", "bars_xcopa.png", "bars_flores_en-x.png", "training_curves.png"} <= names
+    assert all((plots / n).read_bytes()[:8] == PNG_MAGIC for n in names)
+    md = Path(art.meta["report"]).read_text()
+    assert "(plots/alignment_flores.png)" in md
+    assert verify_artefact(art) and art.kind == "report"
+
+
+def test_report_markdown_without_writing(report):
+    _, arms, cfg = report
+    text = report_markdown(arms, cfg)
+    assert text.startswith("# AlignX evaluation report") and "## xcopa" in text
+
+
+def test_bad_inputs_are_named(report, tmp_path):
+    _, arms, cfg = report
+    with pytest.raises(ReportInputError, match=r"arm 'ghost': no metrics.json in .*nowhere"):
+        write_report({**arms, "ghost": tmp_path / "nowhere"}, cfg, tmp_path / "out")
+    bad_log = tmp_path / "log.jsonl"
+    bad_log.write_text('{"step": 1, "loss": 2}\nnot json\n')
+    with pytest.raises(ValueError, match=r"log\.jsonl line 2"):
+        write_report(arms, cfg, tmp_path / "out2", curves={"alignx": bad_log})
+    assert not (tmp_path / "out2").exists()

@@ -1,0 +1,104 @@
+"""evaluate_model end to end on a tiny checkpoint: metrics.json layout, per-item files, errors up front."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from alignx.artefacts import verify_artefact
+from alignx.eval.benchmarks import UnknownBenchmarkError, known_benchmarks
+from alignx.eval.runner import EvalInputError, benchmark_fingerprint, evaluate_model
+
+from .conftest import FIXTURES, eval_config
+
+
+def test_metrics_json_layout(evaluated):
+    art, _, _ = evaluated
+    out = Path(art.path)
+    doc = json.loads((out / "metrics.json").read_text())
+    results = doc["results"]
+    assert set(results) >= {"xcopa_sw", "xcopa_zh", "xnli_de", "xnli_zh", "xnli_sw", "belebele_de", "mgsm_de",
+                            "flores_en-de", "flores_zh-en", "align_flores_alone_de", "align_flores_prompt_sw"}
+    assert "xcopa_de" not in results  # XCOPA has no German
+    assert set(results["xcopa_sw"]) == {"acc", "acc_norm"}
+    assert results["flores_en-sw"]["off_target"] is None and results["flores_en-de"]["off_target"] is not None
+    assert set(results["flores_de-en"]) == {"bleu", "chrf", "chrf_seg", "off_target"}
+    assert doc["n-samples"]["xcopa_sw"] == 8 and doc["n-samples"]["mgsm_zh"] == 2 and doc["n-samples"]["flores_en-zh"] == 4
+    assert doc["n-samples"]["xnli_de"] == 4 and doc["n-samples"]["align_flores_prompt_de"] == 16
+    assert doc["groups"]["xcopa"]["acc"] == pytest.approx((results["xcopa_sw"]["acc"] + results["xcopa_zh"]["acc"]) / 2)
+    assert {"flores_en-x", "flores_x-en", "align_flores_alone", "align_flores_prompt"} <= set(doc["groups"])
+    assert doc["tasks"]["flores_en-de"] == {"group": "flores_en-x", "label": "en-de"}
+    layers = doc["num_layers"] + 1
+    assert len(doc["alignment"]["flores"]["prompt"]["zh"]["x2en_top1"]) == layers
+    assert doc["alignment_layer"] == 1  # the middle of 2 blocks
+    assert doc["config"]["eval"]["benchmarks"] == ["xcopa", "xnli", "belebele", "mgsm", "flores"]
+
+
+def test_per_item_files(evaluated):
+    art, _, _ = evaluated
+    items = Path(art.path) / "items"
+    xcopa = [json.loads(line) for line in (items / "xcopa_sw.jsonl").read_text().splitlines()]
+    assert [r["doc_id"] for r in xcopa] == list(range(8))
+    assert all(set(r) >= {"acc", "acc_norm", "loglikelihoods", "gold"} for r in xcopa)
+    flores = [json.loads(line) for line in (items / "flores_en-de.jsonl").read_text().splitlines()]
+    assert all(set(r) >= {"source", "reference", "hypothesis", "chrf_seg", "off_target"} for r in flores)
+    align = json.loads((items / "align_flores_alone_zh.jsonl").read_text().splitlines()[0])
+    assert len(align["x2en_top1"]) == 3 and len(align["cos_gap"]) == 3
+
+
+def test_artefact_marker_and_progress(evaluated):
+    art, calls, _ = evaluated
+    assert art.kind == "eval" and verify_artefact(art)
+    assert calls and calls[-1][0] == calls[-1][1]  # reaches the total
+    assert [d for d, _, _ in calls] == sorted(d for d, _, _ in calls)
+    assert {desc for _, _, desc in calls} >= {"xcopa_sw", "flores_en-de", "align_flores_prompt"}
+
+
+def test_unknown_benchmark_fails_before_loading_the_model(tmp_path):
+    cfg = eval_config(tmp_path, benchmarks=["xcopa", "xcopa2"])
+    with pytest.raises(UnknownBenchmarkError) as err:
+        evaluate_model(str(tmp_path / "no-model"), cfg, tmp_path / "out")
+    assert "'xcopa2'" in str(err.value) and all(name in str(err.value) for name in known_benchmarks())
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_inputs_are_reported_together(tmp_path):
+    cfg = eval_config(tmp_path, benchmarks=["xcopa", "xnli"], mgsm_shots=2,
+                      data_files={"xnli": str(tmp_path / "absent" / "{code}.jsonl")})
+    with pytest.raises(EvalInputError) as err:
+        evaluate_model(str(tmp_path / "no-model"), cfg, tmp_path / "out")
+    msg = str(err.value)
+    assert str(tmp_path / "absent" / "de.jsonl") in msg and str(tmp_path / "absent" / "sw.jsonl") in msg
+    assert len(err.value.problems) == 3  # de, zh, sw; mgsm is not requested so its shots are ignored
+
+
+def test_malformed_benchmark_file_is_named(tmp_path):
+    bad = tmp_path / "xnli"
+    bad.mkdir()
+    for code in ("de", "zh", "sw"):
+        shutil.copy(FIXTURES / "xnli" / f"{code}.validation.jsonl", bad / f"{code}.jsonl")
+    (bad / "zh.jsonl").write_text('{"premise": "a", "label": 0}\n')
+    cfg = eval_config(tmp_path, benchmarks=["xnli"], data_files={"xnli": str(bad / "{code}.jsonl")})
+    with pytest.raises(EvalInputError, match=r"zh\.jsonl line 1: expected fields .*missing \['hypothesis'\]"):
+        evaluate_model(str(tmp_path / "no-model"), cfg, tmp_path / "out")
+
+
+def test_ntrex_alignment_refused_when_trained_on(tmp_path):
+    cfg = eval_config(tmp_path, benchmarks=[], alignment={"sets": ["ntrex"]})
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": ["tatoeba", "ntrex128"]})})
+    with pytest.raises(EvalInputError, match="NTREX .* trains on it"):
+        evaluate_model(str(tmp_path / "no-model"), cfg, tmp_path / "out")
+
+
+def test_benchmark_fingerprint_follows_the_data(tmp_path):
+    copy = tmp_path / "xnli"
+    shutil.copytree(FIXTURES / "xnli", copy)
+    cfg = eval_config(tmp_path, benchmarks=["xcopa", "xnli"], data_files={"xnli": str(copy / "{code}.validation.jsonl")})
+    first = benchmark_fingerprint(cfg)
+    assert first == benchmark_fingerprint(cfg)
+    (copy / "de.validation.jsonl").write_text((copy / "de.validation.jsonl").read_text()[:-2] + "\n")
+    assert benchmark_fingerprint(cfg) != first
+    assert benchmark_fingerprint(eval_config(tmp_path, benchmarks=["xcopa"])) != first

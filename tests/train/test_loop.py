@@ -1,0 +1,100 @@
+"""The shared training loop: resume after a crash continues the same trajectory; logs and schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from alignx.config import TrainConfig
+from alignx.data.instructions import encode_rows, translation_rows
+from alignx.data.schema import read_split
+from alignx.model.alignx_model import AlignXModel
+from alignx.train.checkpoint import CHECKPOINT_DIR, read_log
+from alignx.train.loop import make_scheduler, train
+from tests.train.tiny import save_model, tiny_causal_lm
+
+LANGS = ["en", "de", "fr", "ru", "zh"]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def dropout_llama_dir(sp_tokenizer, tmp_path_factory):
+    """A tiny Llama with attention dropout, so the resumed RNG state matters."""
+    model = tiny_causal_lm("llama", sp_tokenizer, layers=2)
+    model.config.attention_dropout = 0.2
+    return save_model(model, sp_tokenizer, tmp_path_factory.mktemp("dropout-llama"))
+
+
+@pytest.fixture(scope="module")
+def examples(sp_tokenizer, shards):
+    rows = translation_rows(read_split(shards, "train").head(40))
+    return encode_rows(sp_tokenizer, rows, 160, LANGS)
+
+
+def _objective(model_dir):
+    torch.manual_seed(0)
+    return AlignXModel(AutoModelForCausalLM.from_pretrained(model_dir), align_layer=1, lam_width=8)
+
+
+CFG = TrainConfig(steps=6, micro_batch_size=4, grad_accum=2, lr=3e-3, warmup_steps=2, checkpoint_every=2,
+                  log_every=1, max_length=160)
+
+
+def test_resume_after_crash_equals_uninterrupted_run(dropout_llama_dir, examples, sp_tokenizer, tmp_path):
+    pad = sp_tokenizer.pad_token_id
+    straight = _objective(dropout_llama_dir)
+    done = train(straight, examples, pad, CFG, tmp_path / "straight", run_key="k")
+
+    def crash_at_5(step, total, metrics):
+        assert total == 6 and set(metrics) >= {"loss", "lm", "ctr", "lam"}
+        if step == 5:
+            raise Crash("killed")
+
+    with pytest.raises(Crash):
+        train(_objective(dropout_llama_dir), examples, pad, CFG, tmp_path / "crashed", run_key="k", progress=crash_at_5)
+    assert (tmp_path / "crashed" / CHECKPOINT_DIR / "state.pt").is_file()
+    assert len(read_log(tmp_path / "crashed" / "train_log.jsonl")) == 5
+    resumed_model = _objective(dropout_llama_dir)
+    resumed = train(resumed_model, examples, pad, CFG, tmp_path / "crashed", run_key="k")
+
+    assert resumed.resumed_from == 4
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed_model.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    log_a, log_b = read_log(done.log_path), read_log(resumed.log_path)
+    assert [r["step"] for r in log_b] == [1, 2, 3, 4, 5, 6]
+    assert [r["batches"] for r in log_a] == [r["batches"] for r in log_b]
+    assert [r["loss"] for r in log_a] == pytest.approx([r["loss"] for r in log_b], abs=1e-5)
+    assert len(log_a[0]["batches"]) == 2  # one fingerprint per micro-batch of the accumulated step
+
+
+def test_checkpoint_of_another_run_is_not_resumed(dropout_llama_dir, examples, sp_tokenizer, tmp_path):
+    cfg = CFG.model_copy(update={"steps": 3})
+    train(_objective(dropout_llama_dir), examples, sp_tokenizer.pad_token_id, cfg.model_copy(update={"steps": 5}),
+          tmp_path, run_key="a", progress=lambda s, t, m: None)
+    assert (tmp_path / CHECKPOINT_DIR).is_dir()
+    other = train(_objective(dropout_llama_dir), examples, sp_tokenizer.pad_token_id, cfg, tmp_path, run_key="b")
+    assert other.resumed_from is None and len(read_log(other.log_path)) == 3
+    # gradient checkpointing (the out-of-memory retry) is not part of the trajectory: that run resumes
+    train(_objective(dropout_llama_dir), examples, sp_tokenizer.pad_token_id, cfg.model_copy(update={"steps": 5}),
+          tmp_path / "gc", run_key="a", progress=lambda s, t, m: None)
+    again = train(_objective(dropout_llama_dir), examples, sp_tokenizer.pad_token_id,
+                  cfg.model_copy(update={"steps": 5, "gradient_checkpointing": True}), tmp_path / "gc", run_key="a")
+    assert again.resumed_from == 4
+
+
+def test_schedule_warms_up_then_decays():
+    param = torch.nn.Parameter(torch.zeros(1))
+    for schedule, last in (("linear", 0.0), ("cosine", 0.0), ("constant", 1.0)):
+        opt = torch.optim.AdamW([param], lr=1.0)
+        sched = make_scheduler(opt, TrainConfig(steps=10, warmup_steps=3, schedule=schedule), 10)
+        rates = []
+        for _ in range(10):
+            rates.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        assert rates[0] < rates[1] < rates[2] < rates[3] == pytest.approx(1.0)
+        assert sched.get_last_lr()[0] == pytest.approx(last, abs=1e-9)
