@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -68,12 +69,18 @@ def raw_lid_seconds(cfg) -> float:
     return time.perf_counter() - start
 
 
+def _cpu_seconds() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def measure(mirror: Path, n_pairs: int, workers: int, with_raw: bool) -> dict:
     """Run collect -> filter -> shard on the bench mirror (in this process); peak RSS before raw LID."""
     with tempfile.TemporaryDirectory(prefix="alignx-bench-run-") as tmp:
         cfg = parse_config({"name": "bench", "run_root": tmp, "data_mirror": str(mirror),
                             "languages": LANGS, "data": {"sources": ["tatoeba"], "workers": workers}})
         run_root = Path(tmp)
+        cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         raw = stages.collect_source("tatoeba", cfg, run_root)
         t1 = time.perf_counter()
@@ -86,6 +93,7 @@ def measure(mirror: Path, n_pairs: int, workers: int, with_raw: bool) -> dict:
             "kept": sum(shards.meta["rows"].values()),
             "seconds": {"collect": round(t1 - t0, 2), "filter": round(t2 - t1, 2), "shard": round(t3 - t2, 2)},
             "pairs_per_s": round(n_pairs / (t3 - t0)),
+            "cpu_s": round(_cpu_seconds() - cpu0, 2),  # this process and its workers: shows contention
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         }
@@ -116,6 +124,7 @@ def main() -> None:
     if args.mirror:
         print(json.dumps(measure(args.mirror, args.pairs, args.workers, args.raw)))
         return
+    load_before = os.getloadavg()[0]  # other work on the machine slows the 2-process pipeline first
     main_run = in_subprocess(args.pairs, args.workers, with_raw=True)
     memory = {}
     for scale in (int(s) for s in args.scales.split(",")):
@@ -131,6 +140,8 @@ def main() -> None:
         "ratio": round(main_run["pairs_per_s"] / main_run["raw_lid_pairs_per_s"], 3),
         "kept": main_run["kept"],
         "seconds": main_run["seconds"],
+        "cpu_s": main_run["cpu_s"],
+        "load_avg_1min_before": round(load_before, 2),
         "memory_by_pairs": memory,
     }))
 

@@ -17,32 +17,63 @@ from alignx.model.losses import IGNORE_INDEX
 _MEGABATCH = 50  # group-by-length sorts within windows of this many batches (as HF's sampler does)
 
 
+def _cut(order: list[int], batch_size: int, groups: Sequence[int] | None) -> list[list[int]]:
+    """Cut ``order`` into batches; an example whose group is already in the open batch waits for the next.
+
+    Groups keep the two directions of one translation pair (same texts, same length, so neighbours
+    after sorting by length) out of one micro-batch, where one would be the other's false negative.
+    """
+    if groups is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    seen: set[int] = set()
+    waiting: list[int] = []
+    for i in [*order, None]:
+        queue, waiting = waiting + ([] if i is None else [i]), []
+        for j in queue:
+            if groups[j] >= 0 and groups[j] in seen:
+                if i is not None:
+                    waiting.append(j)
+                    continue
+                batches.append(current)  # the end: close early rather than pair the twins
+                current, seen = [], set()
+            current.append(j)
+            seen.add(groups[j])
+            if len(current) == batch_size:
+                batches.append(current)
+                current, seen = [], set()
+    return batches + ([current] if current else [])
+
+
 def epoch_batches(
-    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_by_length: bool
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_by_length: bool,
+    groups: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """One epoch's micro-batches of example indices (the last one may be smaller).
 
     With ``group_by_length`` the shuffled indices are cut into windows of ``_MEGABATCH`` batches,
     each sorted longest first, so batches hold similar lengths (less padding) while staying random;
     the batch holding the longest example goes first, so an out-of-memory error shows at once.
+    ``groups`` (-1: none) keeps examples of one group in different micro-batches.
     """
     rng = random.Random(f"{seed}:{epoch}")
     order = list(range(len(lengths)))
     rng.shuffle(order)
     if not group_by_length:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return _cut(order, batch_size, groups)
     window = _MEGABATCH * batch_size
     batches: list[list[int]] = []
     for w in range(0, len(order), window):
-        chunk = sorted(order[w : w + window], key=lambda i: -lengths[i])
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+        batches.extend(_cut(sorted(order[w : w + window], key=lambda i: -lengths[i]), batch_size, groups))
     longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
     batches[0], batches[longest] = batches[longest], batches[0]
     return batches
 
 
 def micro_batch_schedule(
-    lengths: Sequence[int], batch_size: int, count: int, seed: int, group_by_length: bool
+    lengths: Sequence[int], batch_size: int, count: int, seed: int, group_by_length: bool,
+    groups: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """The first ``count`` micro-batches of the run, epoch after epoch (each epoch reshuffled)."""
     if not lengths:
@@ -50,7 +81,7 @@ def micro_batch_schedule(
     out: list[list[int]] = []
     epoch = 0
     while len(out) < count:
-        out.extend(epoch_batches(lengths, batch_size, seed, epoch, group_by_length))
+        out.extend(epoch_batches(lengths, batch_size, seed, epoch, group_by_length, groups))
         epoch += 1
     return out[:count]
 

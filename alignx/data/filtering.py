@@ -35,7 +35,7 @@ from alignx.data.shards import read_parquet_batches
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ["pair_id", "src_lang", "tgt_lang", "src_text", "tgt_text", "source"]
+_COLUMNS = ["pair_id", "src_text", "tgt_text"]  # the rest is constant within a raw file
 
 
 @dataclass(frozen=True)
@@ -53,19 +53,23 @@ def rows_of(paths: list[str]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
 
 
-def pairs_table(pairs: list[ParallelPair]) -> pa.Table:
-    """PAIR_SCHEMA rows from filtered pairs."""
-    return pa.Table.from_pydict(
-        {
-            "pair_id": [p.pair_id for p in pairs],
-            "src_lang": [p.src_lang for p in pairs],
-            "tgt_lang": [p.tgt_lang for p in pairs],
-            "src_text": [p.src_text for p in pairs],
-            "tgt_text": [p.tgt_text for p in pairs],
-            "source": [p.source for p in pairs],
-            "src_lid": np.array([p.src_lid for p in pairs], dtype=np.float32),
-            "tgt_lid": np.array([p.tgt_lid for p in pairs], dtype=np.float32),
-        },
+def kept_rows(batch: pa.RecordBatch, pairs: list[ParallelPair], kept: list[ParallelPair]) -> pa.Table:
+    """PAIR_SCHEMA rows of the kept pairs: texts and ids taken from the Arrow batch (no Python copies),
+    languages and source from the pairs, LID scores as the language filter wrote them."""
+    row = {id(p): i for i, p in enumerate(pairs)}
+    taken = batch.take(pa.array([row[id(p)] for p in kept], type=pa.int64()))
+    first = kept[0]
+    return pa.Table.from_arrays(
+        [
+            taken.column("pair_id"),
+            pa.array([first.src_lang] * len(kept), pa.string()),
+            pa.array([first.tgt_lang] * len(kept), pa.string()),
+            taken.column("src_text"),
+            taken.column("tgt_text"),
+            pa.array([first.source] * len(kept), pa.string()),
+            pa.array(np.array([p.src_lid for p in kept], dtype=np.float32)),
+            pa.array(np.array([p.tgt_lid for p in kept], dtype=np.float32)),
+        ],
         schema=PAIR_SCHEMA,
     )
 
@@ -86,18 +90,19 @@ def filter_language_pair(job: FilterJob) -> dict[str, Any]:
     identifier = LanguageIdentifier(cfg.langid, Path(job.model_path))
     median = median_ratio([p for _, p in job.inputs], cfg.filters.ratio_min_chars)
     filters = build_filters(FilterContext(cfg, identifier, median))
+    src_lang, tgt_lang = job.pair.split("-")  # a raw file holds one language pair
     per_source: Counter = Counter()
     kept = 0
     with pq.ParquetWriter(job.output, PAIR_SCHEMA, compression="zstd") as writer:
         for source, path in job.inputs:
             for batch in read_parquet_batches(path, _COLUMNS, batch_size=cfg.langid.batch_size):
-                cols = [batch.column(c).to_pylist() for c in _COLUMNS]
-                pairs = [ParallelPair(sl, tl, st, tt, so, pid) for pid, sl, tl, st, tt, so in zip(*cols)]
+                ids, src, tgt = (batch.column(c).to_pylist() for c in _COLUMNS)
+                pairs = [ParallelPair(src_lang, tgt_lang, a, b, source, i) for i, a, b in zip(ids, src, tgt)]
                 per_source[source] += len(pairs)
                 survivors = run_filters(filters, pairs)
                 kept += len(survivors)
                 if survivors:
-                    writer.write_table(pairs_table(survivors))
+                    writer.write_table(kept_rows(batch, pairs, survivors))
     pa.default_memory_pool().release_unused()  # keep RSS flat across pairs (mimalloc retains freed pages)
     rejected: Counter = Counter()
     examples: dict[str, list[dict]] = {}

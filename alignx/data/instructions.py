@@ -161,26 +161,40 @@ def encode_examples(
 
 @dataclass(frozen=True)
 class TrainExample:
-    """An encoded example plus the language ids of its two spans (-1 when unknown)."""
+    """An encoded example, the language ids of its two spans (-1 when unknown) and its pair group.
+
+    Examples with the same ``group`` (>= 0) share a text, e.g. the two directions of one translation
+    pair; the batch schedule keeps them apart, as each would be a false negative for the other.
+    """
 
     encoded: EncodedExample
     src_lang: int = -1
     tgt_lang: int = -1
+    group: int = -1
 
 
 def encode_rows(
     tokenizer, rows: pd.DataFrame, max_length: int, languages: Sequence[str], chunk: int = 1024
 ) -> list[TrainExample]:
-    """Encode instruction rows (INSTRUCTION_SCHEMA) with language ids indexed in ``languages``."""
+    """Encode instruction rows (INSTRUCTION_SCHEMA) with language ids indexed in ``languages``.
+
+    Translation rows are grouped by their pair of texts (in either order); general rows have no group.
+    """
     ids = {code: i for i, code in enumerate(languages)}
     out: list[TrainExample] = []
-    records = rows[["instruction", "input", "output", "src_lang", "tgt_lang"]].itertuples(index=False)
-    records = list(records)
+    records = list(rows[["instruction", "input", "output", "src_lang", "tgt_lang", "kind"]].itertuples(index=False))
     for start in range(0, len(records), chunk):
         part = records[start : start + chunk]
         encoded = encode_examples(tokenizer, [(r[0], r[1], r[2]) for r in part], max_length)
-        out.extend(TrainExample(e, ids.get(r[3], -1), ids.get(r[4], -1)) for e, r in zip(encoded, part))
+        out.extend(TrainExample(e, ids.get(r[3], -1), ids.get(r[4], -1), _pair_group(r[1], r[2]) if r[5] == "translation" else -1)
+                   for e, r in zip(encoded, part))
     return out
+
+
+def _pair_group(text_a: str, text_b: str) -> int:
+    """A stable id of an unordered pair of texts (both directions of a pair share it)."""
+    key = "\x1f".join(sorted((normalise_text(text_a), normalise_text(text_b))))
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=7).digest(), "big")
 
 
 # ---------------------------------------------------------------- building instruction rows

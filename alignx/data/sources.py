@@ -12,9 +12,9 @@ import itertools
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, ClassVar, Literal
+from typing import IO, Any, ClassVar, Literal
 
 import pyarrow.parquet as pq
 import yaml
@@ -109,7 +109,8 @@ def _declared(pairs: list[str]) -> set[frozenset[str]]:
     return {frozenset(p.split("-")) for p in pairs}
 
 
-def _wanted_pairs(pivot: str, languages: list[str], has_pair, cross: bool) -> list[tuple[str, str]]:
+def _wanted_pairs(pivot: str, languages: list[str], has_pair: Callable[[str, str], bool],
+                  cross: bool) -> list[tuple[str, str]]:
     """(pivot, X) for every requested X the source holds; (X, Y) in sorted order when cross pairs are on."""
     out = [(pivot, x) for x in languages if x != pivot and has_pair(pivot, x)]
     if cross:
@@ -357,7 +358,7 @@ class HubReader(PairReader):
     def _config(self, *codes: str) -> str | None:
         return self.params.config.format(**_fields(*codes)) if self.params.config else None
 
-    def _open(self, *codes: str):
+    def _open(self, *codes: str) -> Any:  # a datasets Dataset or IterableDataset
         return hub.open_split(self.name, self.params.path, self._config(*codes), self.params.split, self._roots(),
                               self.missing)
 
@@ -374,14 +375,19 @@ class HubReader(PairReader):
             rows = self._pair_rows(src, tgt)
         return _batched(itertools.islice(rows, limit))
 
+    def _column(self, codes: tuple[str, ...], name: str) -> Iterator[list[Any]]:
+        """One column of a config, batch by batch; a missing column names the columns found."""
+        for batch in self._open(*codes).iter(batch_size=BATCH_ROWS):
+            if name not in batch:
+                raise SourceError(f"{self.params.path} (config {self._config(*codes)!r}): missing column "
+                                  f"{name!r}; columns found: {', '.join(map(repr, batch))}")
+            yield batch[name]
+
     def _pair_rows(self, src: str, tgt: str) -> Iterator[TextPair]:
         where = f"{self.params.path} (config {self._config(src, tgt)!r})"
         n = 0
-        for batch in self._open(src, tgt).iter(batch_size=BATCH_ROWS):
-            if self.params.field not in batch:
-                raise SourceError(f"{where}: missing column {self.params.field!r}; columns found: "
-                                  f"{', '.join(map(repr, batch))}")
-            for row in batch[self.params.field]:
+        for rows in self._column((src, tgt), self.params.field):
+            for row in rows:
                 n += 1
                 if not isinstance(row, dict) or src not in row or tgt not in row:
                     keys = list(row) if isinstance(row, dict) else []
@@ -390,9 +396,7 @@ class HubReader(PairReader):
                 yield _text(row[src]), _text(row[tgt])
 
     def _multiway_rows(self, src: str, tgt: str) -> Iterator[TextPair]:
-        col = self.params.column
-        sides = [itertools.chain.from_iterable(b[col] for b in self._open(c).iter(batch_size=BATCH_ROWS))
-                 for c in (src, tgt)]
+        sides = [itertools.chain.from_iterable(self._column((c,), self.params.column)) for c in (src, tgt)]
         marker = object()
         for n, (a, b) in enumerate(itertools.zip_longest(*sides, fillvalue=marker), start=1):
             if a is marker or b is marker:

@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
 REPORT = "report.json"
-PARALLEL_MIN_ROWS = 50_000  # below this, starting worker processes costs more than it saves
+# Below these sizes starting worker processes (about 0.5 s of imports each) costs more than it saves;
+# reading is cheap next to language ID, so collect needs far more pairs to gain from a second core.
+PARALLEL_MIN_ROWS = 50_000
+COLLECT_PARALLEL_MIN_PAIRS = 1_000_000
 BYTES_PER_PAIR = 80  # a Tatoeba pair's two lines, for sizing the collect work before reading it
 TOP_MISLABELS = 3
 
@@ -95,7 +98,7 @@ def collect_source(source: str, cfg: PipelineConfig, run_root: Path, progress: P
     with atomic_dir(out) as tmp:
         jobs = [CollectJob(reader, s, t, limit, str(tmp / f"{s}-{t}.parquet")) for s, t in pairs]
         weights = [_input_bytes(reader, s, t, limit) for s, t in pairs]
-        counts = _map(collect_pair, jobs, weights, cfg.data.workers, PARALLEL_MIN_ROWS * BYTES_PER_PAIR,
+        counts = _map(collect_pair, jobs, weights, cfg.data.workers, COLLECT_PARALLEL_MIN_PAIRS * BYTES_PER_PAIR,
                       progress, lambda j: f"collect {source} {j.src}-{j.tgt}", count_jobs=True)
     return write_marker(out, "raw", {"source": source, "pairs": {f"{s}-{t}": n for (s, t), n in zip(pairs, counts)}})
 

@@ -2,19 +2,25 @@
 
 Tokenisation follows lm-eval's ``_encode_pair``: context + continuation are encoded whole and the
 continuation's tokens are those after the context's own encoding (trailing context spaces move to the
-continuation first); an empty context becomes the BOS (else EOS) token. Scoring is batched: requests
-that share a context (the choices of one item) get one forward pass over the context, whose key/value
-cache then serves every continuation; only the positions that predict continuation tokens go through
-the vocabulary projection.
+continuation first); an empty context becomes the BOS (else EOS) token.
+
+Scoring is batched. Requests that share a context (the choices of one item) are packed into one row:
+the context once, then every continuation, with a tree-shaped attention mask (each continuation sees
+the context and its own earlier tokens, never a sibling) and position ids that restart after the
+context, so each continuation is computed exactly as if it followed the context alone. Only the
+positions that predict continuation tokens go through the vocabulary projection. A model that does
+not honour custom 4D masks is caught by a self-check and scored one sequence per request instead.
 """
 
 from __future__ import annotations
 
-import inspect
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 Request = tuple[str, str]
 Score = tuple[float, bool]  # (summed log-probability, continuation is the greedy decoding)
@@ -101,7 +107,7 @@ def model_max_length(model, tokenizer) -> int:
 
 
 class LoglikelihoodScorer:
-    """Scores requests with a causal LM; ``share_context`` turns on the shared-context KV cache."""
+    """Scores requests with a causal LM; ``share_context`` packs the requests of a shared context into one row."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, share_context: bool = True, max_length: int | None = None):
         self.model = model
@@ -111,8 +117,7 @@ class LoglikelihoodScorer:
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        # transformers 5.2x names the key/value cache argument ``cache``; earlier versions ``past_key_values``
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._checked = False  # the packed layout is verified against plain sequences once
 
     def score(self, requests: Sequence[Request], progress: Callable[[int], None] | None = None) -> list[Score]:
         """(log-probability, is_greedy) of each request's continuation given its context, in input order."""
@@ -120,6 +125,11 @@ class LoglikelihoodScorer:
 
     @torch.inference_mode()
     def score_encoded(self, encoded: Sequence[EncodedRequest], progress: Callable[[int], None] | None = None) -> list[Score]:
+        """``score`` for requests already tokenised; ``progress(n)`` after every n requests scored."""
+        too_big = [i for i, r in enumerate(encoded) if len(r.continuation) > self.max_length]
+        if too_big:
+            raise ValueError(f"request {too_big[0]}: a continuation of {len(encoded[too_big[0]].continuation)} tokens "
+                             f"does not fit the model's {self.max_length}-token window")
         results: list[Score | None] = [None] * len(encoded)
         fits = [i for i, r in enumerate(encoded) if len(r.context) + len(r.continuation) <= self.max_length + 1]
         too_long = sorted(set(range(len(encoded))) - set(fits))
@@ -129,7 +139,7 @@ class LoglikelihoodScorer:
                 progress(1)
         if self.share_context:
             batches = self._context_batches(encoded, fits)
-            scorer = self._score_shared
+            scorer = self._score_packed
         else:
             order = sorted(fits, key=lambda i: -(len(encoded[i].context) + len(encoded[i].continuation)))
             batches = [order[k:k + self.batch_size] for k in range(0, len(order), self.batch_size)]
@@ -142,15 +152,17 @@ class LoglikelihoodScorer:
         return results  # type: ignore[return-value]
 
     def _context_batches(self, encoded: Sequence[EncodedRequest], indices: list[int]) -> list[list[int]]:
-        """Requests grouped by context, at most ``batch_size`` continuations per batch (a larger group
-        gets a batch of its own). Groups are ordered by their longest continuation, then context:
-        padding of the continuations, which outnumber the contexts, costs the most."""
+        """Requests grouped by context (groups kept whole), at most ``batch_size`` requests per batch
+        unless one group is larger; groups ordered by packed row length so rows of a batch are alike."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for i in indices:
             groups.setdefault(encoded[i].context, []).append(i)
-        ordered = sorted(groups.values(), key=lambda g: (-max(len(encoded[i].continuation) for i in g), -len(encoded[g[0]].context)))
+
+        def row_length(group: list[int]) -> int:
+            return len(encoded[group[0]].context) + sum(len(encoded[i].continuation) - 1 for i in group)
+
         batches, current = [], []
-        for group in ordered:
+        for group in sorted(groups.values(), key=lambda g: -row_length(g)):
             if current and len(current) + len(group) > self.batch_size:
                 batches.append(current)
                 current = []
@@ -171,46 +183,51 @@ class LoglikelihoodScorer:
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), logits_to_keep=width - first
         ).logits
         # row r's continuation is predicted at kept positions [len(x) - len(cont) - first, len(x) - first)
-        offsets = [len(x) - len(c) - first for x, c in zip(inputs, conts)]
-        return _gather_scores(logits, conts, offsets)
+        picks = [(r, range(len(x) - len(c) - first, len(x) - first), c) for r, (x, c) in enumerate(zip(inputs, conts))]
+        return _score_positions(logits, picks)
 
-    # ------------------------------------------------------------ shared contexts through the KV cache
-    def _score_shared(self, batch: Sequence[EncodedRequest]) -> list[Score]:
-        """One forward pass per distinct context, then every continuation on the context's cache."""
+    # ------------------------------------------------------------ shared contexts packed into one row
+    def _score_packed(self, batch: Sequence[EncodedRequest]) -> list[Score]:
+        """One row per distinct context: the context, then every continuation but its last token."""
+        if not self._checked:
+            self._checked = True
+            probe = [r for r in batch if r.context == batch[0].context]
+            packed, plain = self._packed(probe), self._score_full(probe)
+            if max(abs(a[0] - b[0]) for a, b in zip(packed, plain)) > 1e-3:
+                log.warning("%s does not honour custom 4D attention masks; scoring one sequence per request",
+                            type(self.model).__name__)
+                self.share_context = False
+        return self._packed(batch) if self.share_context else self._score_full(batch)
+
+    def _packed(self, batch: Sequence[EncodedRequest]) -> list[Score]:
         contexts = list(dict.fromkeys(r.context for r in batch))
-        group_of = {ctx: g for g, ctx in enumerate(contexts)}
-        width = max(len(c) for c in contexts)
-        ids, ctx_mask = _right_padded(contexts, width, self.pad_id)
-        # only the contexts' last positions go through the vocabulary projection
-        ends = sorted({len(c) - 1 for c in contexts})
-        out = self.model(
-            input_ids=ids.to(self.device), attention_mask=ctx_mask.to(self.device), use_cache=True,
-            logits_to_keep=torch.tensor(ends, device=self.device),
-        )
-        # the distribution of each continuation's first token: at its context's last position
-        last = torch.stack([out.logits[g, ends.index(len(ctx) - 1)] for g, ctx in enumerate(contexts)])
-        rows = [group_of[r.context] for r in batch]
-        head = _gather_scores(last[rows].unsqueeze(1), [r.continuation[:1] for r in batch], [0] * len(batch))
-        rest = [k for k, r in enumerate(batch) if len(r.continuation) > 1]
-        if not rest:
-            return head
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        cache.reorder_cache(torch.tensor([rows[k] for k in rest], device=self.device))
-        tails = [batch[k].continuation[:-1] for k in rest]
-        tail_width = max(len(t) for t in tails)
-        tail_ids, tail_mask = _right_padded(tails, tail_width, self.pad_id)
-        ctx_lens = torch.tensor([len(batch[k].context) for k in rest])
-        positions = ctx_lens[:, None] + torch.arange(tail_width)[None, :]
-        mask = torch.cat([ctx_mask[[rows[k] for k in rest]], tail_mask], dim=1)
+        members = {ctx: [k for k, r in enumerate(batch) if r.context == ctx] for ctx in contexts}
+        rows, where = [], {}  # where[k] = (row, positions in the row that predict request k's tokens)
+        for row, ctx in enumerate(contexts):
+            ids, pos, seg = list(ctx), list(range(len(ctx))), [-1] * len(ctx)
+            for k in members[ctx]:
+                tail = batch[k].continuation[:-1]
+                where[k] = (row, [len(ctx) - 1, *range(len(ids), len(ids) + len(tail))])
+                ids += tail
+                pos += range(len(ctx), len(ctx) + len(tail))
+                seg += [k] * len(tail)
+            rows.append((ids, pos, seg))
+        width = max(len(ids) for ids, _, _ in rows)
+        ids, valid = _right_padded([r[0] for r in rows], width, self.pad_id)
+        positions, _ = _right_padded([r[1] for r in rows], width, 0)
+        segments, _ = _right_padded([r[2] for r in rows], width, -2)
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        # a token sees earlier tokens of its own segment and the whole context (segment -1)
+        visible = (segments[:, :, None] == segments[:, None, :]) | (segments[:, None, :] == -1)
+        mask = causal[None] & visible & valid.bool()[:, None, :]
+        mask |= torch.eye(width, dtype=torch.bool)[None]  # padding rows see themselves: no empty softmax
+        first = min(len(c) for c in contexts) - 1  # earliest position any request needs
         logits = self.model(
-            input_ids=tail_ids.to(self.device), attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device), use_cache=True, **{self._cache_arg: cache},
+            input_ids=ids.to(self.device), attention_mask=mask[:, None].to(self.device),
+            position_ids=positions.to(self.device), logits_to_keep=width - first,
         ).logits
-        tail = _gather_scores(logits, [batch[k].continuation[1:] for k in rest], [0] * len(rest))
-        scores = list(head)
-        for (lp, greedy), k in zip(tail, rest):
-            scores[k] = (head[k][0] + lp, head[k][1] and greedy)
-        return scores
+        picks = [(where[k][0], [p - first for p in where[k][1]], batch[k].continuation) for k in range(len(batch))]
+        return _score_positions(logits, picks)
 
 
 def _right_padded(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,23 +239,22 @@ def _right_padded(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tup
     return ids, mask
 
 
-def _gather_scores(logits: torch.Tensor, targets: Sequence[Sequence[int]], offsets: Sequence[int]) -> list[Score]:
-    """Summed log-probability of each row's ``targets`` under ``logits[row, offset:offset+len]`` and
-    whether they are the greedy tokens.
+def _score_positions(logits: torch.Tensor, picks: Sequence[tuple[int, Sequence[int], Sequence[int]]]) -> list[Score]:
+    """For each (row, positions, tokens): the summed log-probability of ``tokens`` at those positions of
+    ``logits`` [rows, positions, vocab], and whether every one is the greedy token.
 
     A token is greedy when its logit is the maximum (argmax over the vocabulary is the slowest
     reduction torch has on CPU; an exact float32 tie, where argmax would pick the lower id, is
     vanishingly rare, and no metric here reads the flag).
     """
     logits = logits.float()
-    n, width = logits.shape[:2]
-    index = torch.zeros((n, width), dtype=torch.long)
-    valid = torch.zeros((n, width), dtype=torch.bool)
-    for r, (tgt, off) in enumerate(zip(targets, offsets)):
-        index[r, off:off + len(tgt)] = torch.tensor(list(tgt), dtype=torch.long)
-        valid[r, off:off + len(tgt)] = True
-    index, valid = index.to(logits.device), valid.to(logits.device)
-    chosen = logits.gather(2, index[..., None]).squeeze(-1)
-    picked = torch.log_softmax(logits, dim=-1).gather(2, index[..., None]).squeeze(-1).masked_fill(~valid, 0.0)
-    greedy = (chosen >= logits.amax(dim=-1)) | ~valid
-    return list(zip(picked.sum(dim=1).tolist(), greedy.all(dim=1).tolist()))
+    logprobs = torch.log_softmax(logits, dim=-1)
+    best = logits.amax(dim=-1)
+    rows = [r for r, pos, _ in picks for _ in pos]
+    cols = [c for _, pos, _ in picks for c in pos]
+    toks = [t for _, _, tokens in picks for t in tokens]
+    owner = torch.tensor([k for k, (_, pos, _) in enumerate(picks) for _ in pos], device=logits.device)
+    r, c, t = (torch.tensor(v, device=logits.device) for v in (rows, cols, toks))
+    sums = torch.zeros(len(picks), device=logits.device).index_add_(0, owner, logprobs[r, c, t])
+    misses = torch.zeros(len(picks), device=logits.device).index_add_(0, owner, (logits[r, c, t] < best[r, c]).float())
+    return list(zip(sums.tolist(), (misses == 0).tolist()))

@@ -96,7 +96,8 @@ def test_a_bad_line_during_collect_leaves_no_raw_dir(small_mirror, tmp_path, mon
     with pytest.raises(ValueError, match="line 301: not valid UTF-8"):
         stages.collect_source("tatoeba", cfg, tmp_path / "run")
     assert list((tmp_path / "run" / "raw").iterdir()) == []
-    monkeypatch.setattr(stages, "PARALLEL_MIN_ROWS", 0)  # the same from worker processes
+    monkeypatch.setattr(stages, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(stages, "COLLECT_PARALLEL_MIN_PAIRS", 0)  # the same from worker processes
     two = make_config(small_mirror, tmp_path / "run", workers=2)
     with pytest.raises(ValueError, match=f"{zho}: line 301: not valid UTF-8"):
         stages.collect_source("tatoeba", two, tmp_path / "run")

@@ -237,3 +237,14 @@ def test_catalogue_problems_are_all_reported(tmp_path):
     assert any(p.startswith("c.files") for p in problems)
     with pytest.raises(ConfigError, match="unknown source 'nope'; known sources: flores200, ntrex128, opus100, tatoeba"):
         open_source("nope", tmp_path)
+
+
+def test_hub_rows_without_the_language_name_row_and_keys(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows = {"translation": [{"de": "Hallo.", "fr": "Bonjour."}, {"de": "Ja.", "fr": "Oui."}]}  # a de-fr set
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "opus-100" / "de-en"))
+    with pytest.raises(SourceError, match=r"config 'de-en'\): row 1: 'translation' lacks 'en' or 'de'; "
+                                          r"keys found: 'de', 'fr'"):
+        first(open_source("opus100", tmp_path), "en", "de")

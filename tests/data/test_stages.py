@@ -90,6 +90,7 @@ def test_output_dir_depends_on_config_and_parallel_equals_serial(collected, tmp_
     assert other.path != serial.path and Path(serial.path).is_dir() and Path(other.path).is_dir()
     assert sum(r["too_long"] for r in other.meta["counts"][:-1]) > 0
     monkeypatch.setattr(stages, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(stages, "COLLECT_PARALLEL_MIN_PAIRS", 0)
     two = cfg.model_copy(update={"data": cfg.data.model_copy(update={"workers": 2})})
     raw2 = [stages.collect_source(s, two, tmp_path / "run2") for s in cfg.data.sources]
     assert [r.fingerprint for r in raw2] == [r.fingerprint for r in raw]

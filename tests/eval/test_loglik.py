@@ -105,3 +105,25 @@ def test_too_long_requests_are_left_truncated(tiny_model, tiny_tokenizer):
     got = [g for g, _ in scorer.score(reqs)]
     expected = [direct_loglikelihood(tiny_model, tiny_tokenizer, c, x, max_length=8) for c, x in reqs]
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+class _IgnoresCustomMasks(torch.nn.Module):
+    """A model that drops 4D attention masks (as some architectures would): packing must not be used."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm, self.config = lm, lm.config
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = None
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def test_packing_self_check_falls_back_for_models_ignoring_4d_masks(requests_and_expected, tiny_model, tiny_tokenizer, caplog):
+    reqs, expected = requests_and_expected
+    scorer = LoglikelihoodScorer(_IgnoresCustomMasks(tiny_model), tiny_tokenizer, batch_size=8, share_context=True)
+    with caplog.at_level("WARNING"):
+        got = scorer.score(reqs)
+    assert "does not honour custom 4D attention masks" in caplog.text and not scorer.share_context
+    np.testing.assert_allclose([g for g, _ in got], expected, atol=1e-4, rtol=0)

@@ -102,3 +102,19 @@ def test_benchmark_fingerprint_follows_the_data(tmp_path):
     (copy / "de.validation.jsonl").write_text((copy / "de.validation.jsonl").read_text()[:-2] + "\n")
     assert benchmark_fingerprint(cfg) != first
     assert benchmark_fingerprint(eval_config(tmp_path, benchmarks=["xcopa"])) != first
+
+
+def test_mgsm_exemplars_are_read_and_checked(tmp_path, mirror):
+    from alignx.eval.plan import plan_evaluation
+
+    good = tmp_path / "shots.tsv"
+    good.write_text("Two apples and one more?\t3\nHalf of 5,000?\t2,500\n", encoding="utf-8")
+    cfg = eval_config(tmp_path, benchmarks=["mgsm"], mgsm_shots=2, mgsm_exemplars=str(good), alignment={"sets": []})
+    plan = plan_evaluation(cfg, mirror)
+    assert plan.exemplars["mgsm"][1] == {"question": "Half of 5,000?", "answer_number": "2,500"}
+    assert [u.task for u in plan.units] == ["mgsm_de", "mgsm_zh", "mgsm_sw"]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("only a question\n", encoding="utf-8")
+    cfg = eval_config(tmp_path, benchmarks=["mgsm"], mgsm_shots=1, mgsm_exemplars=str(bad), alignment={"sets": []})
+    with pytest.raises(EvalInputError, match=r"bad\.tsv line 1: expected 2 tab-separated columns"):
+        plan_evaluation(cfg, mirror)

@@ -20,9 +20,9 @@ def mirror_sentences(mirror: Path, per_lang: int = 300) -> list[str]:
     return [s for lang in LANGS for pair in tatoeba_pairs(mirror, lang, per_lang) for s in pair]
 
 
-def sentencepiece_tokenizer(mirror: Path, out_dir: Path, vocab_size: int = 1200):
+def sentencepiece_tokenizer(mirror: Path, out_dir: Path, vocab_size: int = 2000):
     """The bootstrap's SentencePiece tokenizer (Llama-style, byte fallback, BOS by default)."""
-    sentences = mirror_sentences(mirror) + template_sentences(["en", *LANGS], 20)
+    sentences = mirror_sentences(mirror) + template_sentences(["en", *LANGS], 50)
     return train_tokenizer(sentences, TokenizerSpec(vocab_size=vocab_size), out_dir)
 
 
