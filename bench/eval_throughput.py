@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -118,6 +119,7 @@ def main() -> None:
     record["speedup"] = round(t_plain / runs["batched_shared_context"][1], 2)
     record["speedup_vs_scorer_batch1"] = round(runs["scorer_batch1"][1] / runs["batched_shared_context"][1], 2)
     record["max_abs_logprob_diff"] = float(f"{max_diff:.2e}")
+    record["load_average_1min"] = round(os.getloadavg()[0], 2)  # other processes on the machine skew timings
     print(json.dumps(record))
 
 

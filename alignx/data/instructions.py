@@ -178,23 +178,38 @@ def encode_rows(
 ) -> list[TrainExample]:
     """Encode instruction rows (INSTRUCTION_SCHEMA) with language ids indexed in ``languages``.
 
-    Translation rows are grouped by their pair of texts (in either order); general rows have no group.
+    Translation rows that share a text (the two directions of a pair, several translations of one
+    sentence) get one group; general rows have none.
     """
     ids = {code: i for i, code in enumerate(languages)}
+    groups = shared_text_groups(rows)
+    records = list(rows[["instruction", "input", "output", "src_lang", "tgt_lang"]].itertuples(index=False))
     out: list[TrainExample] = []
-    records = list(rows[["instruction", "input", "output", "src_lang", "tgt_lang", "kind"]].itertuples(index=False))
     for start in range(0, len(records), chunk):
         part = records[start : start + chunk]
         encoded = encode_examples(tokenizer, [(r[0], r[1], r[2]) for r in part], max_length)
-        out.extend(TrainExample(e, ids.get(r[3], -1), ids.get(r[4], -1), _pair_group(r[1], r[2]) if r[5] == "translation" else -1)
-                   for e, r in zip(encoded, part))
+        out.extend(TrainExample(e, ids.get(r[3], -1), ids.get(r[4], -1), g)
+                   for e, r, g in zip(encoded, part, groups[start : start + chunk]))
     return out
 
 
-def _pair_group(text_a: str, text_b: str) -> int:
-    """A stable id of an unordered pair of texts (both directions of a pair share it)."""
-    key = "\x1f".join(sorted((normalise_text(text_a), normalise_text(text_b))))
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=7).digest(), "big")
+def shared_text_groups(rows: pd.DataFrame) -> list[int]:
+    """Connected components of translation rows linked by a shared (normalised) text; -1 for others."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    translation = (rows["kind"] == "translation").tolist()
+    keys = [(normalise_text(a), normalise_text(b)) for a, b in zip(rows["input"], rows["output"])]
+    for is_translation, (a, b) in zip(translation, keys):
+        if is_translation:
+            parent[root(a)] = root(b)
+    numbering: dict[str, int] = {}
+    return [numbering.setdefault(root(a), len(numbering)) if t else -1 for t, (a, _) in zip(translation, keys)]
 
 
 # ---------------------------------------------------------------- building instruction rows

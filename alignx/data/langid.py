@@ -21,8 +21,9 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from alignx.config import REPO_ROOT, LangIdConfig, LangPolicy
 from alignx.languages import get_language
@@ -111,10 +112,10 @@ def prepare_model(cfg: LangIdConfig) -> Path:
     return target
 
 
-_MODELS: dict[str, object] = {}  # one loaded model per file and process
+_MODELS: dict[str, Any] = {}  # one loaded model per file and process
 
 
-def load_model(path: Path):
+def load_model(path: Path) -> Any:
     """Load (once per process) a fastText model; fastText's load-time notice on stderr is silenced."""
     key = str(path)
     if key not in _MODELS:
@@ -135,7 +136,7 @@ class LanguageIdentifier:
         self._scripts: dict[str, ScriptCheck] = {}
 
     @property
-    def predict_line(self):
+    def predict_line(self) -> Callable[[str, int, float, str], list[tuple[float, str]]]:
         """The model's raw ``f.predict(line, k, threshold, on_unicode_error)``."""
         if self._predict is None:
             path = self._model_path or prepare_model(self.cfg)

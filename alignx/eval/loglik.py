@@ -247,14 +247,14 @@ def _score_positions(logits: torch.Tensor, picks: Sequence[tuple[int, Sequence[i
     reduction torch has on CPU; an exact float32 tie, where argmax would pick the lower id, is
     vanishingly rare, and no metric here reads the flag).
     """
-    logits = logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    best = logits.amax(dim=-1)
-    rows = [r for r, pos, _ in picks for _ in pos]
-    cols = [c for _, pos, _ in picks for c in pos]
-    toks = [t for _, _, tokens in picks for t in tokens]
-    owner = torch.tensor([k for k, (_, pos, _) in enumerate(picks) for _ in pos], device=logits.device)
-    r, c, t = (torch.tensor(v, device=logits.device) for v in (rows, cols, toks))
-    sums = torch.zeros(len(picks), device=logits.device).index_add_(0, owner, logprobs[r, c, t])
-    misses = torch.zeros(len(picks), device=logits.device).index_add_(0, owner, (logits[r, c, t] < best[r, c]).float())
+    device = logits.device
+    rows = torch.tensor([r for r, pos, _ in picks for _ in pos], device=device)
+    cols = torch.tensor([c for _, pos, _ in picks for c in pos], device=device)
+    toks = torch.tensor([t for _, _, tokens in picks for t in tokens], device=device)[:, None]
+    owner = torch.tensor([k for k, (_, pos, _) in enumerate(picks) for _ in pos], device=device)
+    needed = logits[rows, cols].float()  # [tokens, vocab]: only the positions that predict a token
+    logprobs = torch.log_softmax(needed, dim=-1).gather(1, toks).squeeze(1)
+    missed = (needed.gather(1, toks).squeeze(1) < needed.amax(dim=-1)).float()
+    sums = torch.zeros(len(picks), device=device).index_add_(0, owner, logprobs)
+    misses = torch.zeros(len(picks), device=device).index_add_(0, owner, missed)
     return list(zip(sums.tolist(), (misses == 0).tolist()))
