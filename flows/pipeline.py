@@ -58,7 +58,8 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
                              description=f"AlignX report, profile {cfg.name}")
     summary = report.meta.get("summary", [])
     if summary:
-        create_table_artifact(summary, key="alignx-summary", description="differences with 95% bootstrap intervals")
+        create_table_artifact([{"comparison": line} for line in summary], key="alignx-summary",
+                              description="differences with 95% bootstrap intervals")
     result["evals"] = {k: v.path for k, v in evals.items()}
     result["report"] = report.meta.get("report", report.path)
     log.info("report: %s", result["report"])
