@@ -53,8 +53,10 @@ def epoch_batches(
     """One epoch's micro-batches of example indices (the last one may be smaller).
 
     With ``group_by_length`` the shuffled indices are cut into windows of ``_MEGABATCH`` batches,
-    each sorted longest first, so batches hold similar lengths (less padding) while staying random;
-    the batch holding the longest example goes first, so an out-of-memory error shows at once.
+    each sorted by length and cut into batches, so batches hold similar lengths (less padding); the
+    window's batches are then shuffled (unlike HF's sampler, which walks each window from long to
+    short: a drift in the data from step to step). The batch holding the longest example goes first,
+    so an out-of-memory error shows at once.
     ``groups`` (-1: none) keeps examples of one group in different micro-batches.
     """
     rng = random.Random(f"{seed}:{epoch}")
@@ -65,7 +67,9 @@ def epoch_batches(
     window = _MEGABATCH * batch_size
     batches: list[list[int]] = []
     for w in range(0, len(order), window):
-        batches.extend(_cut(sorted(order[w : w + window], key=lambda i: -lengths[i]), batch_size, groups))
+        cut = _cut(sorted(order[w : w + window], key=lambda i: -lengths[i]), batch_size, groups)
+        rng.shuffle(cut)  # no long-to-short drift across consecutive steps: steps stay i.i.d.
+        batches.extend(cut)
     longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
     batches[0], batches[longest] = batches[longest], batches[0]
     return batches

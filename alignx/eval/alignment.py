@@ -20,6 +20,7 @@ import torch
 
 from alignx.data.instructions import encode_examples, translation_instruction
 from alignx.eval.loglik import model_max_length
+from alignx.eval.sources import text_lines
 from alignx.languages import get_language
 from alignx.mirror import require_mirror_path
 
@@ -59,7 +60,7 @@ def read_parallel(set_name: str, langs: Sequence[str], mirror: Path | None, limi
     texts, counts = {}, {}
     for lang in langs:
         path = require_mirror_path(mirror, parallel_file(set_name, lang))
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = text_lines(path)
         counts[path] = len(lines)
         texts[lang] = lines[:limit] if limit is not None else lines
     if len(set(counts.values())) > 1:

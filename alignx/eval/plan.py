@@ -46,6 +46,8 @@ class Unit:
 
 @dataclass
 class EvalPlan:
+    """Every task with its documents, the exemplars and the parallel sets of one evaluation."""
+
     units: list[Unit]
     exemplars: dict[str, list[dict]]  # benchmark -> few-shot exemplars
     alignment: dict[str, dict[str, list[str]]]  # set -> language -> sentences

@@ -93,8 +93,18 @@ def _read_tsv(path: Path, columns: list[str], fields: list[str]) -> Documents:
     return docs
 
 
+def text_lines(path: Path) -> list[str]:
+    """The lines of a text file split at newlines only (``str.splitlines`` also splits at U+2028 and
+    other separators that can occur inside a sentence, which would break line alignment)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
 def _read_lines(path: Path) -> Documents:
-    return [{"text": line.rstrip("\r\n")} for line in path.open(encoding="utf-8")]
+    return [{"text": line} for line in text_lines(path)]
 
 
 def _read_parquet(path: Path, fields: list[str]) -> Documents:
