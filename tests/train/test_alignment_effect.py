@@ -36,8 +36,11 @@ def arms(mirror, tmp_path_factory):
                       "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 256,
                                 "max_position_embeddings": 256},
                       "train": {"steps": 60, "micro_batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "max_length": 64}},
+        # Random (not length-grouped) batches: at this scale length-homogeneous batches slow the
+        # contrastive signal down several-fold (measured: 100 steps 3% vs 12% held-out top-1).
         "stage1": {"align_layer": ALIGN_LAYER,
-                   "train": {"steps": 100, "micro_batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "max_length": 128}},
+                   "train": {"steps": 100, "micro_batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "max_length": 128,
+                             "group_by_length": False}},
     })
     base = bootstrap_base_model(shards, cfg, root / "base")
     alignx = train_stage1(base.path, shards, cfg, root / "alignx")
@@ -90,5 +93,6 @@ def test_control_and_alignx_see_identical_batches(arms):
 def test_alignx_raises_held_out_retrieval_above_control(arms, mirror):
     base, alignx, control = arms
     acc_alignx, acc_control = retrieval_top1(alignx.path, mirror), retrieval_top1(control.path, mirror)
-    assert acc_alignx >= 0.08, (acc_alignx, acc_control)  # chance is 1%
+    # measured: AlignX 10.8-12.3%, control 2.3-2.5% (chance 1%)
+    assert acc_alignx >= 0.07, (acc_alignx, acc_control)
     assert acc_alignx >= 2.5 * acc_control, (acc_alignx, acc_control)

@@ -10,7 +10,7 @@ import pytest
 from alignx.config import InstructionSource
 from alignx.data.collate import collate, epoch_batches, micro_batch_schedule
 from alignx.data.instructions import (
-    PROMPT_TEMPLATE, TrainExample, cap_pairs_per_language, encode_example, encode_examples, general_rows,
+    PROMPT_TEMPLATE, TrainExample, cap_pairs_per_language, encode_example, encode_examples, encode_rows, general_rows,
     translation_instruction, translation_rows,
 )
 from tests.train.shards import tatoeba_pairs
@@ -133,6 +133,20 @@ def test_batch_schedule_is_deterministic_and_groups_by_length():
     assert padding(grouped) < 0.2 * padding(plain)
     assert max(lengths[i] for i in grouped[0]) == max(lengths)  # an out-of-memory error shows on step one
     assert len(micro_batch_schedule(lengths, 8, 130, 3, True)) == 130  # spans epochs
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_examples_sharing_a_text_never_share_a_micro_batch(sp_tokenizer, mirror, group_by_length):
+    pairs = pd.DataFrame([{"src_lang": "ru", "tgt_lang": "en", "src_text": x, "tgt_text": e, "source": "t"}
+                          for x, e in tatoeba_pairs(mirror, "ru", 300, skip=1000)])
+    examples = encode_rows(sp_tokenizer, translation_rows(pairs), 256, ["en", "ru"])
+    groups = [ex.group for ex in examples]
+    assert len(set(groups)) < len(pairs)  # Tatoeba repeats sentences: some groups join several pairs
+    lengths = [len(ex.encoded.input_ids) for ex in examples]
+    batches = micro_batch_schedule(lengths, 16, 80, 0, group_by_length, groups)
+    assert all(len({groups[i] for i in b}) == len(b) for b in batches)
+    first_epoch = epoch_batches(lengths, 16, 0, 0, group_by_length, groups)
+    assert sorted(i for b in first_epoch for i in b) == list(range(len(examples)))
 
 
 def _pairs():
