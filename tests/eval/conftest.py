@@ -11,7 +11,8 @@ import torch
 from alignx.config import parse_config
 from alignx.eval.runner import evaluate_model
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from .fixture_data import write_fixtures
+
 TOKENIZER_LANGS = ("eng_Latn", "deu_Latn", "zho_Hans", "swh_Latn", "tha_Thai")
 
 
@@ -51,6 +52,12 @@ def build_model(vocab_size: int, layers: int = 2, hidden: int = 32, seed: int = 
 
 
 @pytest.fixture(scope="session")
+def eval_fixtures(tmp_path_factory) -> Path:
+    """The hand-written benchmark files of ``fixture_data``, written once per session."""
+    return write_fixtures(tmp_path_factory.mktemp("eval-fixtures"))
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer(mirror):
     return build_tokenizer(mirror)
 
@@ -69,14 +76,14 @@ def tiny_lm_dir(tmp_path_factory, tiny_model, tiny_tokenizer) -> Path:
     return out
 
 
-def eval_config(tmp: Path, **eval_overrides):
+def eval_config(tmp: Path, fixtures: Path, **eval_overrides):
     """A seconds-scale evaluation: XCOPA, FLORES, MGSM from the mirror, XNLI and Belebele from fixtures."""
     ev = {
         "benchmarks": ["xcopa", "xnli", "belebele", "mgsm", "flores"],
         "limit": {"xcopa": 8, "flores": 4, "mgsm": 2},
         "max_new_tokens": 8, "batch_size": 8,
-        "data_files": {"xnli": str(FIXTURES / "xnli" / "{code}.validation.jsonl"),
-                       "belebele": str(FIXTURES / "belebele" / "{code}.jsonl")},
+        "data_files": {"xnli": str(fixtures / "xnli" / "{code}.validation.jsonl"),
+                       "belebele": str(fixtures / "belebele" / "{code}.jsonl")},
         "alignment": {"sets": ["flores"], "max_sentences": 16},
         "bootstrap_resamples": 200,
     }
@@ -86,10 +93,10 @@ def eval_config(tmp: Path, **eval_overrides):
 
 
 @pytest.fixture(scope="session")
-def evaluated(tmp_path_factory, tiny_lm_dir):
+def evaluated(tmp_path_factory, tiny_lm_dir, eval_fixtures):
     """(artefact, progress calls, config) of one evaluation of the tiny checkpoint."""
     tmp = tmp_path_factory.mktemp("eval")
-    cfg = eval_config(tmp)
+    cfg = eval_config(tmp, eval_fixtures)
     calls = []
     art = evaluate_model(str(tiny_lm_dir), cfg, tmp / "out", progress=lambda d, t, desc: calls.append((d, t, desc)))
     return art, calls, cfg

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +18,6 @@ from alignx.eval.benchmarks import (
 )
 from alignx.eval.sources import BenchmarkDataError, read_documents
 from alignx.mirror import DataUnavailableError
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def test_registry_ships_every_benchmark():
@@ -70,9 +67,9 @@ def test_every_xcopa_language_renders(mirror):
         assert all(choice_item(spec, lang, d).requests[0][0] for d in docs)
 
 
-def test_xnli_empty_context_and_whole_sentence_choices():
+def test_xnli_empty_context_and_whole_sentence_choices(eval_fixtures):
     spec = get_benchmark("xnli")
-    doc = read_documents(spec, "de", FIXTURES)[0]
+    doc = read_documents(spec, "de", eval_fixtures)[0]
     item = choice_item(spec, "de", doc)
     assert item.requests == [
         ("", " Der Hund schläft im Garten, richtig? Ja, ein Tier ruht sich draußen aus."),
@@ -80,13 +77,13 @@ def test_xnli_empty_context_and_whole_sentence_choices():
         ("", " Der Hund schläft im Garten, richtig? Nein, ein Tier ruht sich draußen aus."),
     ]
     assert item.gold == 0
-    zh = choice_item(spec, "zh", read_documents(spec, "zh", FIXTURES)[2])
+    zh = choice_item(spec, "zh", read_documents(spec, "zh", eval_fixtures)[2])
     assert zh.requests[2] == ("", " 猫在沙发上睡觉, 正确? 不是的, 沙发上没有动物。") and zh.gold == 2
 
 
-def test_xstorycloze_joins_the_story():
+def test_xstorycloze_joins_the_story(eval_fixtures):
     spec = get_benchmark("xstorycloze")
-    item = choice_item(spec, "sw", read_documents(spec, "sw", FIXTURES)[1])
+    item = choice_item(spec, "sw", read_documents(spec, "sw", eval_fixtures)[1])
     assert item.requests[1] == (
         "Juma alikuwa na njaa. Hakukuwa na chakula nyumbani. Alikwenda mgahawani. Aliagiza wali na maharagwe.",
         " Alikula hadi akashiba.",
@@ -94,10 +91,10 @@ def test_xstorycloze_joins_the_story():
     assert item.gold == 1
 
 
-def test_xwinograd_multiple_input_mode():
+def test_xwinograd_multiple_input_mode(eval_fixtures):
     spec = get_benchmark("xwinograd")
     assert spec.code_for("ja") == "jp"
-    docs = read_documents(spec, "zh", FIXTURES)
+    docs = read_documents(spec, "zh", eval_fixtures)
     item = choice_item(spec, "zh", docs[1])
     assert item.requests == [("奖杯放不进箱子，因为奖杯", " 太小了。"), ("奖杯放不进箱子，因为箱子", " 太小了。")]
     assert item.gold == 1
@@ -106,9 +103,9 @@ def test_xwinograd_multiple_input_mode():
     assert en.requests[0] == ("The city council refused the demonstrators a permit because the city council", " feared violence.")
 
 
-def test_pawsx_detokenises_only_where_lm_eval_does():
+def test_pawsx_detokenises_only_where_lm_eval_does(eval_fixtures):
     spec = get_benchmark("pawsx")
-    de = read_documents(spec, "de", FIXTURES)
+    de = read_documents(spec, "de", eval_fixtures)
     assert len(de) == 2  # the pair with an empty sentence is dropped
     item = choice_item(spec, "de", de[0])
     assert item.requests == [
@@ -116,14 +113,14 @@ def test_pawsx_detokenises_only_where_lm_eval_does():
         ("", "Er wurde 1950 in Berlin geboren, und studierte in Wien, richtig? Ja, er studierte in Wien, nachdem er 1950 in Berlin geboren wurde."),
     ]
     assert choice_item(spec, "de", de[1]).requests[0][1].startswith("Die Brücke verbindet (seit 1990) die beiden Ufer,")
-    zh = choice_item(spec, "zh", read_documents(spec, "zh", FIXTURES)[0])
+    zh = choice_item(spec, "zh", read_documents(spec, "zh", eval_fixtures)[0])
     assert zh.requests[1] == ("", "他于1950年出生在柏林。, 对吧? 是, 他1950年生于柏林。")  # zh keeps its final "。"
 
 
-def test_belebele_letters_after_the_passage():
+def test_belebele_letters_after_the_passage(eval_fixtures):
     spec = get_benchmark("belebele")
     assert spec.code_for("sw") == "swh_Latn"
-    item = choice_item(spec, "sw", read_documents(spec, "sw", FIXTURES)[0])
+    item = choice_item(spec, "sw", read_documents(spec, "sw", eval_fixtures)[0])
     assert item.requests[0][0] == (
         "P: Mvua kubwa ilinyesha jana usiku. Barabara nyingi zilifungwa asubuhi.\n"
         "Q: Kwa nini barabara zilifungwa?\nA: Kwa sababu ya jua\nB: Kwa sababu ya mvua kubwa\n"

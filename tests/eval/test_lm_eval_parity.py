@@ -18,8 +18,6 @@ from alignx.eval.loglik import LoglikelihoodScorer
 from alignx.eval.scoring import evaluate_choice
 from alignx.eval.sources import read_documents
 
-from .conftest import FIXTURES
-
 lm_eval = pytest.importorskip("lm_eval")
 
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
@@ -54,7 +52,7 @@ def _task_yaml(name: str, include: Path, split: str, data_file: Path, cache: Pat
 
 
 @pytest.fixture(scope="module")
-def lm_eval_samples(tmp_path_factory, mirror, tiny_model, tiny_tokenizer):
+def lm_eval_samples(tmp_path_factory, mirror, eval_fixtures, tiny_model, tiny_tokenizer):
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -63,7 +61,7 @@ def lm_eval_samples(tmp_path_factory, mirror, tiny_model, tiny_tokenizer):
     names = []
     for bench, lang, task_file, split, rel, root in CASES:
         name = f"parity_{bench}_{lang}"
-        data = (mirror if root == "mirror" else FIXTURES) / rel
+        data = (mirror if root == "mirror" else eval_fixtures) / rel
         (tmp / f"{name}.yaml").write_text(_task_yaml(name, LM_EVAL_TASKS / task_file, split, data, tmp / "cache"))
         names.append(name)
     lm = HFLM(pretrained=tiny_model, tokenizer=tiny_tokenizer, batch_size=4, device="cpu")
@@ -73,10 +71,10 @@ def lm_eval_samples(tmp_path_factory, mirror, tiny_model, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("bench,lang", [(c[0], c[1]) for c in CASES])
-def test_items_equal_lm_eval(lm_eval_samples, mirror, tiny_model, tiny_tokenizer, bench, lang):
+def test_items_equal_lm_eval(lm_eval_samples, mirror, eval_fixtures, tiny_model, tiny_tokenizer, bench, lang):
     case = next(c for c in CASES if c[:2] == (bench, lang))
     spec = get_benchmark(bench)
-    docs = read_documents(spec, lang, mirror if case[5] == "mirror" else FIXTURES, limit=LIMIT)
+    docs = read_documents(spec, lang, mirror if case[5] == "mirror" else eval_fixtures, limit=LIMIT)
     _, ours = evaluate_choice(spec, lang, docs, LoglikelihoodScorer(tiny_model, tiny_tokenizer, batch_size=5))
     theirs = sorted(lm_eval_samples[f"parity_{bench}_{lang}"], key=lambda s: s["doc_id"])
     assert len(theirs) == len(ours) == len(docs)

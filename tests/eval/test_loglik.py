@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,6 @@ from alignx.eval.benchmarks import choice_item, get_benchmark
 from alignx.eval.loglik import EmptyContinuationError, EncodedRequest, LoglikelihoodScorer, encode_request
 from alignx.eval.scoring import evaluate_choice
 from alignx.eval.sources import read_documents
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def direct_loglikelihood(model, tokenizer, context: str, continuation: str, max_length: int = 10_000) -> float:
@@ -44,12 +41,12 @@ def test_encode_request_follows_lm_eval(tiny_tokenizer):
         encode_request(tok, "abc", "")
 
 
-def _requests(mirror):
+def _requests(mirror, fixtures):
     """XCOPA (shared contexts, multi-token choices), XNLI (empty context), Belebele (one-token
     choices after a long context) and XWinograd (different contexts, shared continuation)."""
     reqs = []
-    for name, lang, root, limit in [("xcopa", "sw", mirror, 12), ("xcopa", "zh", mirror, 12), ("xnli", "de", FIXTURES, None),
-                                    ("belebele", "sw", FIXTURES, None), ("xwinograd", "zh", FIXTURES, None)]:
+    for name, lang, root, limit in [("xcopa", "sw", mirror, 12), ("xcopa", "zh", mirror, 12), ("xnli", "de", fixtures, None),
+                                    ("belebele", "sw", fixtures, None), ("xwinograd", "zh", fixtures, None)]:
         spec = get_benchmark(name)
         for doc in read_documents(spec, lang, root, limit=limit):
             reqs += choice_item(spec, lang, doc).requests
@@ -57,8 +54,8 @@ def _requests(mirror):
 
 
 @pytest.fixture(scope="module")
-def requests_and_expected(mirror, tiny_model, tiny_tokenizer):
-    reqs = _requests(mirror)
+def requests_and_expected(mirror, eval_fixtures, tiny_model, tiny_tokenizer):
+    reqs = _requests(mirror, eval_fixtures)
     return reqs, [direct_loglikelihood(tiny_model, tiny_tokenizer, c, x) for c, x in reqs]
 
 

@@ -12,7 +12,7 @@ from alignx.artefacts import verify_artefact
 from alignx.eval.benchmarks import UnknownBenchmarkError, known_benchmarks
 from alignx.eval.runner import EvalInputError, benchmark_fingerprint, evaluate_model
 
-from .conftest import FIXTURES, eval_config
+from .conftest import eval_config
 
 
 def test_metrics_json_layout(evaluated):
@@ -57,16 +57,16 @@ def test_artefact_marker_and_progress(evaluated):
     assert {desc for _, _, desc in calls} >= {"xcopa_sw", "flores_en-de", "align_flores_prompt"}
 
 
-def test_unknown_benchmark_fails_before_loading_the_model(tmp_path):
-    cfg = eval_config(tmp_path, benchmarks=["xcopa", "xcopa2"])
+def test_unknown_benchmark_fails_before_loading_the_model(tmp_path, eval_fixtures):
+    cfg = eval_config(tmp_path, eval_fixtures, benchmarks=["xcopa", "xcopa2"])
     with pytest.raises(UnknownBenchmarkError) as err:
         evaluate_model(str(tmp_path / "no-model"), cfg, tmp_path / "out")
     assert "'xcopa2'" in str(err.value) and all(name in str(err.value) for name in known_benchmarks())
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_inputs_are_reported_together(tmp_path):
-    cfg = eval_config(tmp_path, benchmarks=["xcopa", "xnli"], mgsm_shots=2,
+def test_missing_inputs_are_reported_together(tmp_path, eval_fixtures):
+    cfg = eval_config(tmp_path, eval_fixtures, benchmarks=["xcopa", "xnli"], mgsm_shots=2,
                       data_files={"xnli": str(tmp_path / "absent" / "{code}.jsonl")})
     with pytest.raises(EvalInputError) as err:
         evaluate_model(str(tmp_path / "no-model"), cfg, tmp_path / "out")
@@ -75,46 +75,46 @@ def test_missing_inputs_are_reported_together(tmp_path):
     assert len(err.value.problems) == 3  # de, zh, sw; mgsm is not requested so its shots are ignored
 
 
-def test_malformed_benchmark_file_is_named(tmp_path):
+def test_malformed_benchmark_file_is_named(tmp_path, eval_fixtures):
     bad = tmp_path / "xnli"
     bad.mkdir()
     for code in ("de", "zh", "sw"):
-        shutil.copy(FIXTURES / "xnli" / f"{code}.validation.jsonl", bad / f"{code}.jsonl")
+        shutil.copy(eval_fixtures / "xnli" / f"{code}.validation.jsonl", bad / f"{code}.jsonl")
     (bad / "zh.jsonl").write_text('{"premise": "a", "label": 0}\n')
-    cfg = eval_config(tmp_path, benchmarks=["xnli"], data_files={"xnli": str(bad / "{code}.jsonl")})
+    cfg = eval_config(tmp_path, eval_fixtures, benchmarks=["xnli"], data_files={"xnli": str(bad / "{code}.jsonl")})
     with pytest.raises(EvalInputError, match=r"zh\.jsonl line 1: expected fields .*missing \['hypothesis'\]"):
         evaluate_model(str(tmp_path / "no-model"), cfg, tmp_path / "out")
 
 
-def test_ntrex_alignment_refused_when_trained_on(tmp_path):
-    cfg = eval_config(tmp_path, benchmarks=[], alignment={"sets": ["ntrex"]})
+def test_ntrex_alignment_refused_when_trained_on(tmp_path, eval_fixtures):
+    cfg = eval_config(tmp_path, eval_fixtures, benchmarks=[], alignment={"sets": ["ntrex"]})
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": ["tatoeba", "ntrex128"]})})
     with pytest.raises(EvalInputError, match="NTREX .* trains on it"):
         evaluate_model(str(tmp_path / "no-model"), cfg, tmp_path / "out")
 
 
-def test_benchmark_fingerprint_follows_the_data(tmp_path):
+def test_benchmark_fingerprint_follows_the_data(tmp_path, eval_fixtures):
     copy = tmp_path / "xnli"
-    shutil.copytree(FIXTURES / "xnli", copy)
-    cfg = eval_config(tmp_path, benchmarks=["xcopa", "xnli"], data_files={"xnli": str(copy / "{code}.validation.jsonl")})
+    shutil.copytree(eval_fixtures / "xnli", copy)
+    cfg = eval_config(tmp_path, eval_fixtures, benchmarks=["xcopa", "xnli"], data_files={"xnli": str(copy / "{code}.validation.jsonl")})
     first = benchmark_fingerprint(cfg)
     assert first == benchmark_fingerprint(cfg)
     (copy / "de.validation.jsonl").write_text((copy / "de.validation.jsonl").read_text()[:-2] + "\n")
     assert benchmark_fingerprint(cfg) != first
-    assert benchmark_fingerprint(eval_config(tmp_path, benchmarks=["xcopa"])) != first
+    assert benchmark_fingerprint(eval_config(tmp_path, eval_fixtures, benchmarks=["xcopa"])) != first
 
 
-def test_mgsm_exemplars_are_read_and_checked(tmp_path, mirror):
+def test_mgsm_exemplars_are_read_and_checked(tmp_path, mirror, eval_fixtures):
     from alignx.eval.plan import plan_evaluation
 
     good = tmp_path / "shots.tsv"
     good.write_text("Two apples and one more?\t3\nHalf of 5,000?\t2,500\n", encoding="utf-8")
-    cfg = eval_config(tmp_path, benchmarks=["mgsm"], mgsm_shots=2, mgsm_exemplars=str(good), alignment={"sets": []})
+    cfg = eval_config(tmp_path, eval_fixtures, benchmarks=["mgsm"], mgsm_shots=2, mgsm_exemplars=str(good), alignment={"sets": []})
     plan = plan_evaluation(cfg, mirror)
     assert plan.exemplars["mgsm"][1] == {"question": "Half of 5,000?", "answer_number": "2,500"}
     assert [u.task for u in plan.units] == ["mgsm_de", "mgsm_zh", "mgsm_sw"]
     bad = tmp_path / "bad.tsv"
     bad.write_text("only a question\n", encoding="utf-8")
-    cfg = eval_config(tmp_path, benchmarks=["mgsm"], mgsm_shots=1, mgsm_exemplars=str(bad), alignment={"sets": []})
+    cfg = eval_config(tmp_path, eval_fixtures, benchmarks=["mgsm"], mgsm_shots=1, mgsm_exemplars=str(bad), alignment={"sets": []})
     with pytest.raises(EvalInputError, match=r"bad\.tsv line 1: expected 2 tab-separated columns"):
         plan_evaluation(cfg, mirror)
