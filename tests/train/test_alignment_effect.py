@@ -35,11 +35,11 @@ def arms(mirror, tmp_path_factory):
         "bootstrap": {"tokenizer": {"vocab_size": 1000},
                       "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 256,
                                 "max_position_embeddings": 256},
-                      "train": {"steps": 60, "micro_batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "max_length": 64}},
+                      "train": {"steps": 100, "micro_batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "max_length": 64}},
         # Random (not length-grouped) batches: at this scale length-homogeneous batches slow the
-        # contrastive signal down several-fold (measured: 100 steps 3% vs 12% held-out top-1).
+        # contrastive signal down several-fold (measured at batch 16: 3% vs 12% held-out top-1).
         "stage1": {"align_layer": ALIGN_LAYER,
-                   "train": {"steps": 100, "micro_batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "max_length": 128,
+                   "train": {"steps": 100, "micro_batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "max_length": 128,
                              "group_by_length": False}},
     })
     base = bootstrap_base_model(shards, cfg, root / "base")
@@ -76,7 +76,7 @@ def test_bootstrap_base_model_loads_with_auto_classes(arms):
     model = AutoModelForCausalLM.from_pretrained(base.path)
     assert model.config.num_hidden_layers == 4 and model.config.vocab_size == len(tokenizer)
     log = read_log(f"{base.path}/train_log.jsonl")
-    assert len(log) == 60 and log[-1]["lm"] < log[0]["lm"] - 1.0
+    assert len(log) == 100 and log[-1]["lm"] < log[0]["lm"] - 1.0
     assert json.loads(open(f"{base.path}/alignx.json").read())["stage"] == "bootstrap"
 
 
@@ -93,6 +93,6 @@ def test_control_and_alignx_see_identical_batches(arms):
 def test_alignx_raises_held_out_retrieval_above_control(arms, mirror):
     base, alignx, control = arms
     acc_alignx, acc_control = retrieval_top1(alignx.path, mirror), retrieval_top1(control.path, mirror)
-    # measured: AlignX 10.8-12.3%, control 2.3-2.5% (chance 1%)
-    assert acc_alignx >= 0.07, (acc_alignx, acc_control)
+    # measured (seeds 0, 1): AlignX 9.0%, 13.5%; control 2.3%, 2.3% (chance 1%)
+    assert acc_alignx >= 0.06, (acc_alignx, acc_control)
     assert acc_alignx >= 2.5 * acc_control, (acc_alignx, acc_control)
