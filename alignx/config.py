@@ -203,6 +203,12 @@ class Stage2Config(Section):
     general: list[InstructionSource] = []
     train: TrainConfig = TrainConfig(mask_prompt=True)
 
+    @field_validator("train", mode="before")
+    @classmethod
+    def _mask_prompt_by_default(cls, value: Any) -> Any:
+        # SFT masks the prompt unless a profile says otherwise, also when it gives other train keys
+        return {"mask_prompt": True, **value} if isinstance(value, dict) else value
+
 
 # ---------------------------------------------------------------- evaluation
 class AlignmentEvalConfig(Section):

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,7 +140,8 @@ def train(
 
     resumed = load_checkpoint(work_dir, key, accelerator.unwrap_model(model), optimizer, scheduler)
     start = resumed.step if resumed else 0
-    log_path = work_dir / TRAIN_LOG
+    # one log per process (only the main one's is the run's log), so processes never share a file
+    log_path = work_dir / (TRAIN_LOG if accelerator.is_main_process else f"rank{accelerator.process_index}-{TRAIN_LOG}")
     if resumed:
         truncate_log(log_path, start)
     else:
@@ -149,6 +151,7 @@ def train(
     bar = tqdm(total=steps, initial=start, desc=desc, disable=None if accelerator.is_main_process else True)
     with log_path.open("a", encoding="utf-8") as log_file:
         for step in range(start, steps):
+            started = time.perf_counter()
             parts: list[dict[str, float]] = []
             hashes: list[str] = []
             for micro in range(cfg.grad_accum):
@@ -168,7 +171,8 @@ def train(
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             metrics = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
-            record = {"step": step + 1, "lr": lr, **metrics, "batches": hashes}
+            record = {"step": step + 1, "lr": lr, **metrics, "step_s": round(time.perf_counter() - started, 4),
+                      "batches": hashes}
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             bar.update(1)
@@ -178,7 +182,9 @@ def train(
                          " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
                 log_file.flush()
-                save_checkpoint(work_dir, key, step + 1, accelerator.unwrap_model(model), optimizer, scheduler)
+                if accelerator.is_main_process:  # one writer; every process resumes from it
+                    save_checkpoint(work_dir, key, step + 1, accelerator.unwrap_model(model), optimizer, scheduler)
+                accelerator.wait_for_everyone()
             if progress is not None:
                 progress(step + 1, steps, metrics)
     bar.close()

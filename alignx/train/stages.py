@@ -74,7 +74,8 @@ def validate_stage(
 ) -> dict[str, Any]:
     """Check config, shards and model together before any training; raise one ConfigError listing all.
 
-    Returns what the checks resolved (``align_layer`` for stage 1, the model's ``num_layers``).
+    Returns what the checks resolved: the model's ``num_layers`` and, for bootstrap and stage 1,
+    ``align_layer`` (a bootstrap run checks it against the model it is about to build).
     """
     problems: list[str] = []
     resolved: dict[str, Any] = {}
@@ -168,6 +169,19 @@ def _check_fit(stage: str, examples: list, usable: int, max_length: int) -> None
                     len(examples) - usable, len(examples))
 
 
+def _inherited_align_layer(model: str, cfg: PipelineConfig, n_layers: int | None) -> int | None:
+    """The align layer a stage-2 output reports: its input's record, else the configured / middle one."""
+    record = Path(model) / RUN_RECORD
+    if record.is_file():
+        layer = json.loads(record.read_text(encoding="utf-8")).get("align_layer")
+        if layer is not None:
+            return int(layer)
+    if n_layers is None:
+        return cfg.stage1.align_layer
+    layer = cfg.stage1.align_layer
+    return layer if layer is not None and 1 <= layer <= n_layers else default_align_layer(n_layers)
+
+
 def _model_key(model: str) -> str:
     marker = read_marker(Path(model)) if Path(model).is_dir() else None
     return marker.fingerprint if marker else model
@@ -176,7 +190,7 @@ def _model_key(model: str) -> str:
 # ---------------------------------------------------------------- stages
 def bootstrap_base_model(shards_dir: Path, cfg: PipelineConfig, out_dir: Path, progress: Progress | None = None) -> Artefact:
     """Train a SentencePiece tokenizer and pre-train a small Llama on the shards' monolingual sides."""
-    validate_stage("bootstrap", cfg, shards_dir)
+    resolved = validate_stage("bootstrap", cfg, shards_dir)
     boot = cfg.bootstrap
     work = work_dir_for(out_dir)
     pairs = _pairs(shards_dir, cfg)
@@ -203,6 +217,7 @@ def bootstrap_base_model(shards_dir: Path, cfg: PipelineConfig, out_dir: Path, p
         tokenizer.save_pretrained(tmp)
 
     record = {"stage": "bootstrap", "config": boot.model_dump(mode="json"), "base_model": None,
+              "align_layer": resolved["align_layer"],
               "languages": training_languages(cfg), "blocks": len(examples)}
     return _finish(out_dir, write, result, record)
 
@@ -263,7 +278,7 @@ def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Pat
     """Stage 2: instruction SFT (L_lm only) from a stage-1 checkpoint or the base model; no L_lam head."""
     s2 = cfg.stage2
     model = str(model)
-    validate_stage("stage2", cfg, shards_dir, model)
+    resolved = validate_stage("stage2", cfg, shards_dir, model)
     tokenizer, lm = _load(model)
     rows = stage2_rows(shards_dir, cfg)
     examples = encode_rows(tokenizer, rows, s2.train.max_length, training_languages(cfg))
@@ -278,6 +293,7 @@ def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Pat
         tokenizer.save_pretrained(tmp)
 
     record = {"stage": "stage2", "config": s2.model_dump(mode="json"), "base_model": model,
+              "align_layer": _inherited_align_layer(model, cfg, resolved["num_layers"]),
               "languages": training_languages(cfg), "examples": len(examples),
               "mask_prompt": s2.train.mask_prompt}
     return _finish(out_dir, write, result, record)

@@ -203,3 +203,22 @@ def test_bad_instruction_file_names_file_row_and_field(tmp_path):
         general_rows(InstructionSource(path=str(typed)))
     with pytest.raises(FileNotFoundError, match="missing.json"):
         general_rows(InstructionSource(path=str(tmp_path / "missing.json")))
+
+
+def test_hub_instructions_one_config_per_language(monkeypatch):
+    """Online layout (Bactrian-X: one config per language); load_dataset is replaced, no network."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config, split):
+        calls.append((name, config, split))
+        rows = [{"id": f"{config}-{i}", "instruction": f"Instruction {i} ({config})", "input": "", "output": "Ok."}
+                for i in range(5)]
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    source = InstructionSource(hub="MBZUAI/Bactrian-X", hub_configs=["de", "zh"], max_examples=3)
+    rows = general_rows(source)
+    assert calls == [("MBZUAI/Bactrian-X", "de", "train"), ("MBZUAI/Bactrian-X", "zh", "train")]
+    assert list(rows["src_lang"]) == ["de"] * 3 + ["zh"] * 3 and set(rows["source"]) == {"MBZUAI/Bactrian-X"}

@@ -27,7 +27,7 @@ def _cfg(tmp_path, **sections):
     return parse_config(raw)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma"])
 def test_stage1_runs_on_architectures(arch, sp_tokenizer, shards, tmp_path):
     base = save_model(tiny_causal_lm(arch, sp_tokenizer, layers=3), sp_tokenizer, tmp_path / "base")
     out = tmp_path / "stage1"
@@ -54,7 +54,7 @@ def test_stage2_sft_with_general_instructions_drops_the_head(tiny_llama_dir, sha
     s1 = train_stage1(str(tiny_llama_dir), shards, cfg, tmp_path / "s1")
     art = train_stage2(s1.path, shards, cfg, tmp_path / "s2")
     record = json.loads((tmp_path / "s2" / "alignx.json").read_text())
-    assert record["stage"] == "stage2" and record["mask_prompt"] is True
+    assert record["stage"] == "stage2" and record["mask_prompt"] is True and record["align_layer"] == 2
     assert record["examples"] == 4 * 5 * 2 + 10  # 5 pairs per language, both directions, plus 10 general
     assert not (tmp_path / "s2" / LAM_HEAD_FILE).exists()
     assert art.meta["ctr"] == 0.0 and art.meta["steps"] == 2
@@ -79,3 +79,9 @@ def test_bad_config_is_refused_before_training_with_every_problem(tiny_llama_dir
         train_stage1(str(tiny_llama_dir), shards, _cfg(tmp_path, stage1={"train": {"steps": 2, "max_length": 24}}),
                      tmp_path / "out")
     assert not (tmp_path / "out").exists() and not work_dir_for(tmp_path / "out").exists()
+
+
+def test_stage2_masks_the_prompt_unless_told_otherwise(tmp_path):
+    assert _cfg(tmp_path).stage2.train.mask_prompt is True
+    assert _cfg(tmp_path, stage2={"train": {"steps": 2}}).stage2.train.mask_prompt is True
+    assert _cfg(tmp_path, stage2={"train": {"mask_prompt": False}}).stage2.train.mask_prompt is False
