@@ -35,13 +35,12 @@ STAGE_DEPLOYMENTS = {
 
 def run_data(cfg: PipelineConfig) -> Artefact:
     """collect (one task per source, concurrently) -> language-ID filter -> shards."""
-    futures = [
-        data_tasks.collect.submit(src, data_stages.source_fingerprint(src, cfg), cfg) for src in cfg.data.sources
-    ]
+    source_fps = {src: data_stages.source_fingerprint(src, cfg) for src in cfg.data.sources}
+    futures = [data_tasks.collect.submit(src, fp, cfg) for src, fp in source_fps.items()]
     raw = [f.result() for f in futures]
-    for i, record in enumerate(raw):
-        if not verify_artefact(record):
-            raw[i] = run_verified(data_tasks.collect, cfg.data.sources[i], data_stages.source_fingerprint(cfg.data.sources[i], cfg), cfg)
+    for i, (src, fp) in enumerate(source_fps.items()):
+        if not verify_artefact(raw[i]):
+            raw[i] = run_verified(data_tasks.collect, src, fp, cfg)
     filtered = run_verified(data_tasks.langid_filter, raw, cfg)
     shards = run_verified(data_tasks.shard, filtered, cfg)
     rows = data_stages.summary_table(filtered)

@@ -6,7 +6,6 @@ and nothing needs a display.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -68,22 +67,6 @@ def language_bars(values: dict[str, dict[str, float | None]], metric: str, title
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
-
-
-def read_train_log(path: Path) -> list[dict]:
-    """Rows of a training log (JSONL with ``step`` and loss parts); a bad line raises naming it."""
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} line {n}: expected a JSON object, found invalid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or "step" not in row:
-            raise ValueError(f"{path} line {n}: expected an object with 'step' and loss fields, found {line[:80]!r}")
-        rows.append(row)
-    return rows
 
 
 def training_curves(logs: dict[str, list[dict]], path: Path) -> Path:

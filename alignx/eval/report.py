@@ -14,6 +14,7 @@ from typing import Any
 
 from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, write_marker
 from alignx.config import PipelineConfig
+from alignx.train.checkpoint import read_log
 from alignx.eval import plots
 from alignx.eval.runner import ITEMS_DIR, METRICS_FILE
 from alignx.eval.stats import excludes_zero, paired_bootstrap, stratified_paired_bootstrap
@@ -215,7 +216,7 @@ def _plots(arms: dict[str, ArmEval], cfg: PipelineConfig, curves: dict[str, Path
         plots.language_bars(values, metrics[0], f"{group}: {metrics[0]}", out / rel)
         files[f"{group} {metrics[0]} by language"] = rel
     if curves:
-        logs = {arm: plots.read_train_log(Path(p)) for arm, p in curves.items()}
+        logs = {arm: read_log(Path(p)) for arm, p in curves.items()}
         plots.training_curves(logs, out / "plots" / "training_curves.png")
         files["training curves"] = "plots/training_curves.png"
     return files

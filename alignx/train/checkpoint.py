@@ -99,5 +99,16 @@ def truncate_log(log_path: Path, step: int) -> None:
 
 
 def read_log(log_path: Path) -> list[dict[str, Any]]:
-    """The per-step records of a ``train_log.jsonl``."""
-    return [json.loads(line) for line in Path(log_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The per-step records of a ``train_log.jsonl``; a bad line raises naming the file and line."""
+    rows = []
+    for n, line in enumerate(Path(log_path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{log_path} line {n}: expected a JSON object, found invalid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or "step" not in row:
+            raise ValueError(f"{log_path} line {n}: expected an object with 'step' and loss fields, found {line[:80]!r}")
+        rows.append(row)
+    return rows
