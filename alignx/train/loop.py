@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
@@ -54,6 +55,22 @@ def mixed_precision_mode(setting: str) -> str:
     if not torch.cuda.is_available():
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An ``Accelerator`` for one run, in the precision ``cfg`` asks for.
+
+    accelerate keeps one precision per process and refuses a second; but one process often runs
+    several stages (the local pipeline, a worker's flow run, a test session), each with its own
+    setting. The precision part of the shared state is dropped before a run that wants another one;
+    the process group (``PartialState``) stays, so distributed runs are unaffected.
+    """
+    mode = mixed_precision_mode(cfg.mixed_precision)
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != mode:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mode,
+                       cpu=not torch.cuda.is_available())
 
 
 def total_steps(cfg: TrainConfig, n_examples: int, num_processes: int = 1) -> int:
@@ -118,11 +135,7 @@ def train(
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.grad_accum,
-        mixed_precision=mixed_precision_mode(cfg.mixed_precision),
-        cpu=not torch.cuda.is_available(),
-    )
+    accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     steps = total_steps(cfg, len(examples), accelerator.num_processes)
     key = fingerprint(run_key, cfg.model_dump(exclude=_NOT_TRAJECTORY), len(examples))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from accelerate import PartialState
 from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -144,16 +145,28 @@ def _load(model: str):
 
 
 def _finish(out_dir: Path, write, result: TrainResult, record: dict[str, Any]) -> Artefact:
-    """Write the output dir atomically (model files via ``write``, log, run record), then the marker."""
+    """Write the output dir atomically (model files via ``write``, log, run record), then the marker.
+
+    Under several processes (``accelerate launch``) only the main one writes; the others wait for it
+    and return the marker it wrote, so no two processes ever rename into the same directory.
+    """
     out_dir = Path(out_dir)
-    record = {**record, "steps": result.steps, "final": result.final}
-    with atomic_dir(out_dir) as tmp:
-        write(tmp)
-        shutil.copyfile(result.log_path, tmp / TRAIN_LOG)
-        (tmp / RUN_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    artefact = write_marker(out_dir, "model", {"stage": record["stage"], "steps": result.steps, **result.final,
-                                               **{k: record[k] for k in ("align_layer", "control") if k in record}})
-    shutil.rmtree(work_dir_for(out_dir), ignore_errors=True)
+    state = PartialState()
+    if state.is_main_process:
+        record = {**record, "steps": result.steps, "final": result.final}
+        with atomic_dir(out_dir) as tmp:
+            write(tmp)
+            shutil.copyfile(result.log_path, tmp / TRAIN_LOG)
+            (tmp / RUN_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True, default=str),
+                                          encoding="utf-8")
+        write_marker(out_dir, "model", {"stage": record["stage"], "steps": result.steps, **result.final,
+                                        **{k: record[k] for k in ("align_layer", "control") if k in record}})
+    state.wait_for_everyone()
+    artefact = read_marker(out_dir)
+    if artefact is None:
+        raise RuntimeError(f"{out_dir}: the main process wrote no artefact marker")
+    if state.is_main_process:
+        shutil.rmtree(work_dir_for(out_dir), ignore_errors=True)
     return artefact
 
 

@@ -98,3 +98,17 @@ def test_schedule_warms_up_then_decays():
             sched.step()
         assert rates[0] < rates[1] < rates[2] < rates[3] == pytest.approx(1.0)
         assert sched.get_last_lr()[0] == pytest.approx(last, abs=1e-9)
+
+
+def test_one_process_trains_stages_in_different_precisions(dropout_llama_dir, examples, sp_tokenizer, tmp_path):
+    """accelerate keeps one precision per process; the local pipeline runs every stage in one process."""
+    pad = sp_tokenizer.pad_token_id
+    cfg = CFG.model_copy(update={"steps": 2, "grad_accum": 1, "checkpoint_every": 10})
+    logs = {}
+    for name, precision in (("fp32", "no"), ("bf16", "bf16"), ("fp32-again", "no")):
+        done = train(_objective(dropout_llama_dir), examples, pad, cfg.model_copy(update={"mixed_precision": precision}),
+                     tmp_path / name, run_key="k")
+        logs[name] = [r["loss"] for r in read_log(done.log_path)]
+    assert logs["fp32"] == logs["fp32-again"]  # back in float32, exactly
+    assert logs["bf16"][0] != logs["fp32"][0]  # the bf16 run really ran under bf16 autocast
+    assert logs["bf16"][0] == pytest.approx(logs["fp32"][0], rel=0.02)
