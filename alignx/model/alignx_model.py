@@ -69,6 +69,10 @@ class AlignXModel(nn.Module):
 
     With a lambda at 0 its term is still computed for logging, under ``no_grad``, so the control
     arm's curves are comparable while its gradients are those of plain language modelling.
+
+    Every trainable parameter enters every step's loss (distributed data parallel waits for a
+    gradient of each one): with ``lambda_lam = 0`` the head is frozen, and a micro-batch without a
+    usable pair touches the head with a zero-weighted term.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class AlignXModel(nn.Module):
         self.lambda_ctr = lambda_ctr
         self.lambda_lam = lambda_lam
         self.lam_head = LanguageMatchingHead(hidden_size(lm), lam_width).to(lm.dtype)
+        self.lam_head.requires_grad_(lambda_lam > 0)  # the control's head is only a probe: never trained
 
     def forward(self, batch: dict[str, Tensor]) -> LossParts:
         """Loss parts for one collated micro-batch (see ``alignx.data.collate.collate``)."""
@@ -126,8 +131,8 @@ class AlignXModel(nn.Module):
                 ey = span_mean(final_states, tgt, shift=1)
                 langs = torch.cat([batch["src_lang"][ok], batch["tgt_lang"][ok]])
                 l_lam = language_matching_loss(self.lam_head, torch.cat([ex, ey]), langs)
-            else:
-                l_lam = final_states.sum() * 0.0
+            else:  # no pair to judge: a zero term that still reaches the head (see the class doc)
+                l_lam = final_states.sum() * 0.0 + sum(p.sum() for p in self.lam_head.parameters()) * 0.0
         loss = l_lm
         if self.lambda_ctr > 0:
             loss = loss + self.lambda_ctr * l_ctr

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
@@ -55,6 +55,15 @@ def mixed_precision_mode(setting: str) -> str:
     if not torch.cuda.is_available():
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def process_state() -> PartialState:
+    """This process's place in a distributed run (rank, world size), set up as the training loop does.
+
+    On a machine without CUDA, accelerate forms a multi-process group only when asked for the CPU
+    explicitly; a plain ``PartialState()`` created first would make every process rank 0 of 1.
+    """
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from accelerate import PartialState
 from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -31,7 +30,7 @@ from alignx.model.bootstrap import (
     build_llama, packed_lm_examples, sample_sentences, template_sentences, train_tokenizer,
 )
 from alignx.train.checkpoint import TRAIN_LOG
-from alignx.train.loop import Progress, TrainResult, train
+from alignx.train.loop import Progress, TrainResult, process_state, train
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ def _finish(out_dir: Path, write, result: TrainResult, record: dict[str, Any]) -
     and return the marker it wrote, so no two processes ever rename into the same directory.
     """
     out_dir = Path(out_dir)
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:
         record = {**record, "steps": result.steps, "final": result.final}
         with atomic_dir(out_dir) as tmp:

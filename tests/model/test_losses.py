@@ -143,3 +143,19 @@ def test_align_layer_out_of_range_is_refused(sp_tokenizer):
     for bad in (0, 3):
         with pytest.raises(ValueError, match=r"align_layer=\d is out of range.*1\.\.2"):
             AlignXModel(lm, align_layer=bad)
+
+
+@pytest.mark.parametrize("arm, usable", [("alignx", True), ("alignx", False), ("control", True), ("control", False)])
+def test_every_trainable_parameter_gets_a_gradient_each_step(sp_tokenizer, arm, usable):
+    """Distributed data parallel waits for a gradient of every trainable parameter, on every rank."""
+    lm = tiny_causal_lm("llama", sp_tokenizer, layers=2)
+    lambdas = {"lambda_ctr": 0.3, "lambda_lam": 0.4} if arm == "alignx" else {"lambda_ctr": 0.0, "lambda_lam": 0.0}
+    model = AlignXModel(lm, align_layer=1, lam_width=8, **lambdas)
+    batch = _batch(sp_tokenizer)
+    if not usable:
+        batch["span_ok"][:] = False  # a micro-batch whose pairs were all cut by max_length
+    model(batch).loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    head_trainable = any(p.requires_grad for p in model.lam_head.parameters())
+    assert head_trainable is (arm == "alignx")  # the control's head is a frozen probe

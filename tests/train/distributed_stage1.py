@@ -1,0 +1,29 @@
+"""Run under ``torchrun --nproc_per_node 2``: stage 1 of both arms across two processes (gloo, CPU).
+
+Arguments: base model dir, shards dir, config JSON file, output root. Each process prints one JSON
+line per arm: its rank, the world size and the artefact it returned.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from alignx.config import parse_config
+from alignx.train.loop import process_state
+from alignx.train.stages import train_stage1
+
+
+def main() -> None:
+    base, shards, cfg_file, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    cfg = parse_config(json.loads(cfg_file.read_text(encoding="utf-8")))
+    state = process_state()  # before training, as a user's launch script may
+    for arm in ("alignx", "control"):
+        art = train_stage1(base, shards, cfg, out / arm, control=arm == "control")
+        print(json.dumps({"arm": arm, "rank": state.process_index, "world": state.num_processes,
+                          "fingerprint": art.fingerprint, "steps": art.meta["steps"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
