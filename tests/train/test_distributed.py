@@ -21,13 +21,15 @@ def test_two_processes_train_both_arms_and_write_each_output_once(tiny_llama_dir
                                 "checkpoint_every": 2, "log_every": 1}}}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg), encoding="utf-8")
     script = Path(__file__).with_name("distributed_stage1.py")
+    (tmp_path / "results").mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tiny_llama_dir), str(shards), str(tmp_path / "cfg.json"), str(tmp_path / "out")],
+         str(tiny_llama_dir), str(shards), str(tmp_path / "cfg.json"), str(tmp_path / "out"),
+         str(tmp_path / "results")],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = [json.loads(path.read_text()) for path in sorted((tmp_path / "results").glob("*.json"))]
     for arm in ("alignx", "control"):
         ranks = [r for r in lines if r["arm"] == arm]
         assert sorted(r["rank"] for r in ranks) == [0, 1] and {r["world"] for r in ranks} == {2}
