@@ -69,18 +69,46 @@ def language_bars(values: dict[str, dict[str, float | None]], metric: str, title
     return _save(fig, path)
 
 
-def training_curves(logs: dict[str, list[dict]], path: Path) -> Path:
-    """One panel per loss part (loss, lm, ctr, lam) that any arm logged, one line per arm."""
-    fields = [f for f in CURVE_FIELDS if any(f in row for rows in logs.values() for row in rows)]
-    fig = Figure(figsize=(4.2 * max(len(fields), 1), 3.2))
-    for k, name in enumerate(fields):
-        ax = fig.add_subplot(1, len(fields), k + 1)
-        for arm, rows in logs.items():
-            points = [(row["step"], row[name]) for row in rows if row.get(name) is not None]
-            if points:
-                ax.plot(*zip(*points), label=arm)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
+STAGE_ORDER = ("bootstrap", "stage1", "stage2")
+
+
+def _drawn(field: str, runs: dict[str, list[dict]]) -> bool:
+    rows = [row for rows in runs.values() for row in rows]
+    if field == "lm" and all(row.get("lm") == row.get("loss") for row in rows):
+        return False
+    return field == "loss" or any(row.get(field) not in (None, 0, 0.0) for row in rows)
+
+
+def training_curves_figure(logs: dict[str, list[dict]], stages: dict[str, str] | None = None) -> Figure:
+    """A row of panels per training stage, a panel per loss part its runs logged, a line per run.
+
+    ``stages`` maps a run's label to its stage (``bootstrap``, ``stage1``, ``stage2``); runs of one
+    stage share a row and their steps, so arms that saw the same batches lie on the same axes. A part
+    that stays 0 for every run of a stage (``ctr`` and ``lam`` outside stage 1) gets no panel, nor
+    does ``lm`` where it equals ``loss`` throughout (bootstrap, stage 2).
+    """
+    stages = stages or {}
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for label, rows in logs.items():
+        groups.setdefault(stages.get(label, "training"), {})[label] = rows
+    order = sorted(groups, key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER))
+    fields = {stage: [f for f in CURVE_FIELDS if _drawn(f, groups[stage])] for stage in order}
+    ncols = max([len(f) for f in fields.values()] + [1])
+    fig = Figure(figsize=(4.2 * ncols, 3.0 * max(len(order), 1)))
+    for r, stage in enumerate(order):
+        for c, name in enumerate(fields[stage]):
+            ax = fig.add_subplot(len(order), ncols, r * ncols + c + 1)
+            for label, rows in groups[stage].items():
+                points = [(row["step"], row[name]) for row in rows if row.get(name) is not None]
+                if points:
+                    ax.plot(*zip(*points), label=label, linewidth=1)
+            ax.set_title(f"{stage}: {name}")
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    return fig
+
+
+def training_curves(logs: dict[str, list[dict]], path: Path, stages: dict[str, str] | None = None) -> Path:
+    """``training_curves_figure`` written to ``path`` as PNG."""
+    return _save(training_curves_figure(logs, stages), path)

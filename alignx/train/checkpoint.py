@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
 TRAIN_LOG = "train_log.jsonl"
+RUN_RECORD = "alignx.json"  # what a stage wrote beside its model: stage, config, inputs, final losses
 
 
 def rng_state() -> dict[str, Any]:

@@ -29,12 +29,10 @@ from alignx.model.alignx_model import AlignXModel, CausalLMObjective, check_alig
 from alignx.model.bootstrap import (
     build_llama, packed_lm_examples, sample_sentences, template_sentences, train_tokenizer,
 )
-from alignx.train.checkpoint import TRAIN_LOG
+from alignx.train.checkpoint import RUN_RECORD, TRAIN_LOG
 from alignx.train.loop import Progress, TrainResult, process_state, train
 
 log = logging.getLogger(__name__)
-
-RUN_RECORD = "alignx.json"
 
 
 def work_dir_for(out_dir: Path) -> Path:

@@ -104,3 +104,25 @@ def test_bad_inputs_are_named(report, tmp_path):
     with pytest.raises(ValueError, match=r"log\.jsonl line 2"):
         write_report(arms, cfg, tmp_path / "out2", curves={"alignx": bad_log})
     assert not (tmp_path / "out2").exists()
+
+
+def test_training_curves_have_a_row_per_stage_and_only_the_parts_it_trained():
+    from alignx.eval.plots import training_curves_figure
+
+    def log(steps, ctr, lam):
+        return [{"step": s, "loss": 4.0 - s / 10 + 0.3 * ctr + 0.4 * lam, "lm": 4.0 - s / 10, "ctr": ctr, "lam": lam}
+                for s in range(1, steps + 1)]
+
+    logs = {"base": log(30, 0.0, 0.0), "alignx-stage1": log(10, 1.5, 0.6), "control-stage1": log(10, 2.9, 0.7),
+            "alignx": log(5, 0.0, 0.0), "control": log(5, 0.0, 0.0)}
+    stages = {"base": "bootstrap", "alignx-stage1": "stage1", "control-stage1": "stage1", "alignx": "stage2",
+              "control": "stage2"}
+    fig = training_curves_figure(logs, stages)
+    titles = [ax.get_title() for ax in fig.axes]
+    # lm is drawn only where it differs from loss (stage 1); ctr and lam only where they are not 0
+    assert titles == ["bootstrap: loss", "stage1: loss", "stage1: lm", "stage1: ctr", "stage1: lam", "stage2: loss"]
+    stage1_ctr = fig.axes[titles.index("stage1: ctr")]
+    assert sorted(line.get_label() for line in stage1_ctr.get_lines()) == ["alignx-stage1", "control-stage1"]
+    # without stages every run shares one row
+    assert [ax.get_title() for ax in training_curves_figure(logs).axes] == [
+        "training: loss", "training: lm", "training: ctr", "training: lam"]
