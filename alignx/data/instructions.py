@@ -19,6 +19,7 @@ import pandas as pd
 
 from alignx.config import InstructionSource
 from alignx.data.schema import INSTRUCTION_SCHEMA, normalise_text
+from alignx.jsonl import iter_jsonl
 from alignx.languages import LANGUAGES, get_language
 
 log = logging.getLogger(__name__)
@@ -283,16 +284,9 @@ def _read_records(path: Path) -> list:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return pd.read_parquet(path).to_dict(orient="records")
-    text = path.read_text(encoding="utf-8")
     if suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"instruction file {path}, line {n}: not valid JSON ({exc})") from None
-        return records
+        return [row for _, row in iter_jsonl(path)]
+    text = path.read_text(encoding="utf-8")
     if suffix == ".json":
         try:
             data = json.loads(text)

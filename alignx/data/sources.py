@@ -9,7 +9,6 @@ file per language, NTREX / FLORES), ``table`` (JSONL / TSV / Parquet with named 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from alignx.artefacts import file_digest
 from alignx.config import SOURCES_FILE, ConfigError, fingerprint
 from alignx.data import hub
+from alignx.jsonl import iter_jsonl
 from alignx.languages import get_language
 from alignx.mirror import MIRROR_ENV, DataUnavailableError
 
@@ -280,18 +280,10 @@ def _text(value: object) -> str:
 
 
 def _jsonl_rows(path: Path, cols: tuple[str, str]) -> Iterator[TextPair]:
-    with path.open("rb") as fh:
-        for n, raw in enumerate(fh, start=1):
-            line = _decode(raw, path, n)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SourceError(f"{path}: line {n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or cols[0] not in row or cols[1] not in row:
-                raise _missing_column(path, cols, list(row) if isinstance(row, dict) else [], f": line {n}")
-            yield _text(row[cols[0]]), _text(row[cols[1]])
+    for n, row in iter_jsonl(path, SourceError):
+        if not isinstance(row, dict) or cols[0] not in row or cols[1] not in row:
+            raise _missing_column(path, cols, list(row) if isinstance(row, dict) else [], f": line {n}")
+        yield _text(row[cols[0]]), _text(row[cols[1]])
 
 
 def _tsv_rows(path: Path, cols: tuple[str, str]) -> Iterator[TextPair]:

@@ -5,8 +5,8 @@ Everything is read and checked before any model is loaded, and every problem is 
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from alignx.config import REPO_ROOT, PipelineConfig, fingerprint
 from alignx.eval import alignment as align
 from alignx.eval.benchmarks import TASKS_DIR, BenchmarkSpec, validate_benchmarks
 from alignx.eval.sources import BenchmarkDataError, read_documents, source_files
+from alignx.jsonl import iter_jsonl
 from alignx.mirror import DataUnavailableError, resolve_mirror
 
 log = logging.getLogger(__name__)
@@ -84,23 +85,29 @@ def alignment_languages(cfg: PipelineConfig, set_name: str, mirror: Path | None)
     return langs
 
 
+def _exemplar_lines(file: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, {question, answer_number, ...}) of an exemplar file, JSONL or two-column TSV."""
+    if file.suffix == ".jsonl":
+        for n, row in iter_jsonl(file, BenchmarkDataError):
+            if not isinstance(row, dict):
+                raise BenchmarkDataError(f"{file} line {n}: expected a JSON object, found {type(row).__name__}")
+            yield n, {"answer_number": row.get("answer"), **row}
+        return
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            cells = line.split("\t")
+            if len(cells) != 2:
+                raise BenchmarkDataError(f"{file} line {n}: expected 2 tab-separated columns (question, answer), found {len(cells)}")
+            yield n, {"question": cells[0], "answer_number": cells[1]}
+
+
 def read_exemplars(path: str, shots: int) -> list[dict]:
     """The first ``shots`` exemplars from a TSV (question, answer) or JSONL (question, answer_number) file."""
     file = Path(path) if Path(path).is_absolute() else REPO_ROOT / path
     if not file.is_file():
         raise DataUnavailableError(f"MGSM exemplar file not found: {file} (eval.mgsm_exemplars)")
     rows = []
-    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if file.suffix == ".jsonl":
-            row = json.loads(line)
-            row.setdefault("answer_number", row.get("answer"))
-        else:
-            cells = line.split("\t")
-            if len(cells) != 2:
-                raise BenchmarkDataError(f"{file} line {n}: expected 2 tab-separated columns (question, answer), found {len(cells)}")
-            row = {"question": cells[0], "answer_number": cells[1]}
+    for n, row in _exemplar_lines(file):
         if not row.get("question") or row.get("answer_number") in (None, ""):
             raise BenchmarkDataError(f"{file} line {n}: expected a question and an answer, found {sorted(row)}")
         rows.append(row)
@@ -138,7 +145,7 @@ def plan_evaluation(cfg: PipelineConfig, mirror: Path | None) -> EvalPlan:
         else:
             try:
                 exemplars["mgsm"] = read_exemplars(cfg.eval.mgsm_exemplars, cfg.eval.mgsm_shots)
-            except (DataUnavailableError, BenchmarkDataError, json.JSONDecodeError) as exc:
+            except (DataUnavailableError, BenchmarkDataError) as exc:
                 problems.append(str(exc))
     texts: dict[str, dict[str, list[str]]] = {}
     for set_name in cfg.eval.alignment.sets:

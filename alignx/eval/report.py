@@ -18,6 +18,7 @@ from alignx.train.checkpoint import RUN_RECORD, read_log
 from alignx.eval import plots
 from alignx.eval.runner import ITEMS_DIR, METRICS_FILE
 from alignx.eval.stats import excludes_zero, paired_bootstrap, stratified_paired_bootstrap
+from alignx.jsonl import iter_jsonl
 
 # (treatment, reference): AlignX against the compute-matched control and against SFT only.
 COMPARISONS = (("alignx", "control"), ("alignx", "sft"), ("alignx-stage1", "control-stage1"))
@@ -63,8 +64,13 @@ class ArmEval:
             file = self.path / ITEMS_DIR / f"{task}.jsonl"
             if not file.is_file():
                 raise ReportInputError(f"arm {self.name!r}: per-item file {file} is missing")
-            rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-            self._items[task] = {row["doc_id"]: row for row in rows}
+            rows = {}
+            for n, row in iter_jsonl(file, ReportInputError):
+                if not isinstance(row, dict) or "doc_id" not in row:
+                    raise ReportInputError(f"{file} line {n}: expected a per-item object with 'doc_id', "
+                                           f"found {str(row)[:80]!r}")
+                rows[row["doc_id"]] = row
+            self._items[task] = rows
         layer = self.doc.get("alignment_layer", 0)
         out = {}
         for doc_id, row in self._items[task].items():

@@ -15,6 +15,7 @@ from typing import Any
 
 from alignx.config import REPO_ROOT
 from alignx.eval.benchmarks import BenchmarkSpec
+from alignx.jsonl import iter_jsonl
 from alignx.mirror import DataUnavailableError, hub_offline
 
 log = logging.getLogger(__name__)
@@ -53,17 +54,7 @@ PREPROCESSORS: dict[str, Callable[[Documents], Documents]] = {"paraphrase_detoke
 
 # ---------------------------------------------------------------- local files
 def _read_jsonl(path: Path, fields: list[str]) -> Documents:
-    docs = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchmarkDataError(f"{path} line {n}: expected a JSON object, found invalid JSON ({exc.msg})") from None
-            docs.append(_checked(doc, fields, path, f"line {n}"))
-    return docs
+    return [_checked(doc, fields, path, f"line {n}") for n, doc in iter_jsonl(path, BenchmarkDataError)]
 
 
 def _read_json(path: Path, fields: list[str]) -> Documents:

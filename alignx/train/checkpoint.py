@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from alignx.artefacts import atomic_dir, atomic_write_text
+from alignx.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -91,25 +92,15 @@ def truncate_log(log_path: Path, step: int) -> None:
     """Keep the training-log lines of steps up to ``step``: later ones belong to the lost trajectory."""
     if not log_path.exists():
         return
-    kept = [
-        line
-        for line in log_path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
-    atomic_write_text(log_path, "".join(f"{line}\n" for line in kept))
+    kept = [row for row in read_log(log_path) if row["step"] <= step]
+    atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def read_log(log_path: Path) -> list[dict[str, Any]]:
     """The per-step records of a ``train_log.jsonl``; a bad line raises naming the file and line."""
     rows = []
-    for n, line in enumerate(Path(log_path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{log_path} line {n}: expected a JSON object, found invalid JSON ({exc.msg})") from None
+    for n, row in iter_jsonl(log_path):
         if not isinstance(row, dict) or "step" not in row:
-            raise ValueError(f"{log_path} line {n}: expected an object with 'step' and loss fields, found {line[:80]!r}")
+            raise ValueError(f"{log_path} line {n}: expected an object with 'step' and loss fields, found {str(row)[:80]!r}")
         rows.append(row)
     return rows

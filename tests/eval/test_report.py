@@ -104,6 +104,12 @@ def test_bad_inputs_are_named(report, tmp_path):
     with pytest.raises(ValueError, match=r"log\.jsonl line 2"):
         write_report(arms, cfg, tmp_path / "out2", curves={"alignx": bad_log})
     assert not (tmp_path / "out2").exists()
+    broken = _arm_with_xcopa_acc(arms["base"], tmp_path / "broken", 0.5)
+    items = broken / "items" / "xcopa_zh.jsonl"
+    items.write_text(items.read_text().splitlines()[0] + '\n{"acc": 1.0}\n')
+    with pytest.raises(ReportInputError, match=r"xcopa_zh\.jsonl line 2: expected a per-item object with 'doc_id'"):
+        write_report({**arms, "alignx": broken}, cfg, tmp_path / "out3")
+    assert not (tmp_path / "out3").exists()
 
 
 def test_training_curves_have_a_row_per_stage_and_only_the_parts_it_trained():

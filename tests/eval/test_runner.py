@@ -118,3 +118,11 @@ def test_mgsm_exemplars_are_read_and_checked(tmp_path, mirror, eval_fixtures):
     cfg = eval_config(tmp_path, eval_fixtures, benchmarks=["mgsm"], mgsm_shots=1, mgsm_exemplars=str(bad), alignment={"sets": []})
     with pytest.raises(EvalInputError, match=r"bad\.tsv line 1: expected 2 tab-separated columns"):
         plan_evaluation(cfg, mirror)
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text('{"question": "One plus one?", "answer": 2}\n{"question": "Two?", "answer_number": "2"}\n',
+                     encoding="utf-8")
+    cfg = eval_config(tmp_path, eval_fixtures, benchmarks=["mgsm"], mgsm_shots=2, mgsm_exemplars=str(shots), alignment={"sets": []})
+    assert [row["answer_number"] for row in plan_evaluation(cfg, mirror).exemplars["mgsm"]] == [2, "2"]
+    shots.write_text('{"question": "One plus one?", "answer": 2}\n{"question": \n', encoding="utf-8")
+    with pytest.raises(EvalInputError, match=r"shots\.jsonl line 2: expected a JSON object, found invalid JSON"):
+        plan_evaluation(cfg, mirror)

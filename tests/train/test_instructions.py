@@ -195,7 +195,7 @@ def test_bad_instruction_file_names_file_row_and_field(tmp_path):
         general_rows(InstructionSource(path=str(bad)))
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"instruction": "a", "output": "b"}\n{oops\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"broken\.jsonl, line 2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"broken\.jsonl line 2: expected a JSON object, found invalid JSON"):
         general_rows(InstructionSource(path=str(broken)))
     typed = tmp_path / "typed.json"
     typed.write_text(json.dumps([{"instruction": "a", "output": 3}]), encoding="utf-8")
