@@ -36,7 +36,7 @@ from alignx.artefacts import read_marker  # noqa: E402
 from alignx.config import load_profile  # noqa: E402
 from alignx.eval.report import write_report  # noqa: E402
 from alignx.eval.runner import METRICS_FILE, evaluate_model  # noqa: E402
-from alignx.train.checkpoint import read_log  # noqa: E402
+from alignx.train.checkpoint import read_log, read_run_record  # noqa: E402
 from alignx.train.loop import mixed_precision_mode  # noqa: E402
 from alignx.train.stages import train_stage1, train_stage2  # noqa: E402
 
@@ -55,10 +55,6 @@ def _finished(run: Path, pattern: str) -> list[Path]:
     return sorted(p for p in run.glob(pattern) if read_marker(p) is not None)
 
 
-def _record(model_dir: Path) -> dict:
-    return json.loads((model_dir / "alignx.json").read_text(encoding="utf-8"))
-
-
 def pick_inputs(run: Path, cfg) -> dict[str, Path]:
     """The run's base model, the shards and the CPU stage-1 models trained with cfg's stage-1 settings."""
     bases = _finished(run, "models/base-*")
@@ -69,7 +65,8 @@ def pick_inputs(run: Path, cfg) -> dict[str, Path]:
     picked = {"base": bases[0], "shards": shards[0]}
     for arm in ("alignx", "control"):
         for model in _finished(run, f"models/{arm}-stage1-*"):
-            if _record(model)["config"] == wanted and Path(_record(model)["base_model"]).name == bases[0].name:
+            record = read_run_record(model)
+            if record["config"] == wanted and Path(record["base_model"]).name == bases[0].name:
                 picked[f"cpu_{arm}"] = model
     base_evals = [e for e in _finished(run, "eval/base-*")
                   if Path(json.loads((e / METRICS_FILE).read_text())["model"]["path"]).name == bases[0].name]

@@ -14,7 +14,7 @@ from typing import Any
 
 from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, write_marker
 from alignx.config import PipelineConfig
-from alignx.train.checkpoint import RUN_RECORD, read_log
+from alignx.train.checkpoint import read_log, read_run_record
 from alignx.eval import plots
 from alignx.eval.runner import ITEMS_DIR, METRICS_FILE
 from alignx.eval.stats import excludes_zero, paired_bootstrap, stratified_paired_bootstrap
@@ -223,19 +223,11 @@ def _plots(arms: dict[str, ArmEval], cfg: PipelineConfig, curves: dict[str, Path
         files[f"{group} {metrics[0]} by language"] = rel
     if curves:
         logs = {arm: read_log(Path(p)) for arm, p in curves.items()}
+        stages = {arm: read_run_record(Path(p).parent).get("stage") for arm, p in curves.items()}
         plots.training_curves(logs, out / "plots" / "training_curves.png",
-                              {arm: stage for arm, p in curves.items() if (stage := _stage_of(Path(p)))})
+                              {arm: stage for arm, stage in stages.items() if stage})
         files["training curves"] = "plots/training_curves.png"
     return files
-
-
-def _stage_of(train_log: Path) -> str | None:
-    """The stage a training log belongs to, from the run record written beside it (if any)."""
-    record = train_log.with_name(RUN_RECORD)
-    try:
-        return json.loads(record.read_text(encoding="utf-8")).get("stage") if record.is_file() else None
-    except (ValueError, OSError):
-        return None
 
 
 def _mean_lists(lists: list[list[float]]) -> list[float]:

@@ -88,6 +88,21 @@ def load_checkpoint(
     return Resumed(step=int(state["step"]))
 
 
+def read_run_record(model_dir: Path) -> dict[str, Any]:
+    """The run record a stage wrote beside its model ({} for a model no stage of ours wrote)."""
+    path = Path(model_dir) / RUN_RECORD
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: expected the run record a stage writes (a JSON object), found invalid JSON "
+                         f"({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(record).__name__}")
+    return record
+
+
 def truncate_log(log_path: Path, step: int) -> None:
     """Keep the training-log lines of steps up to ``step``: later ones belong to the lost trajectory."""
     if not log_path.exists():

@@ -29,7 +29,7 @@ from alignx.model.alignx_model import AlignXModel, CausalLMObjective, check_alig
 from alignx.model.bootstrap import (
     build_llama, packed_lm_examples, sample_sentences, template_sentences, train_tokenizer,
 )
-from alignx.train.checkpoint import RUN_RECORD, TRAIN_LOG
+from alignx.train.checkpoint import RUN_RECORD, TRAIN_LOG, read_run_record
 from alignx.train.loop import Progress, TrainResult, process_state, train
 
 log = logging.getLogger(__name__)
@@ -181,11 +181,9 @@ def _check_fit(stage: str, examples: list, usable: int, max_length: int) -> None
 
 def _inherited_align_layer(model: str, cfg: PipelineConfig, n_layers: int | None) -> int | None:
     """The align layer a stage-2 output reports: its input's record, else the configured / middle one."""
-    record = Path(model) / RUN_RECORD
-    if record.is_file():
-        layer = json.loads(record.read_text(encoding="utf-8")).get("align_layer")
-        if layer is not None:
-            return int(layer)
+    layer = read_run_record(Path(model)).get("align_layer")
+    if layer is not None:
+        return int(layer)
     if n_layers is None:
         return cfg.stage1.align_layer
     layer = cfg.stage1.align_layer

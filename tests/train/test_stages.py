@@ -85,3 +85,14 @@ def test_stage2_masks_the_prompt_unless_told_otherwise(tmp_path):
     assert _cfg(tmp_path).stage2.train.mask_prompt is True
     assert _cfg(tmp_path, stage2={"train": {"steps": 2}}).stage2.train.mask_prompt is True
     assert _cfg(tmp_path, stage2={"train": {"mask_prompt": False}}).stage2.train.mask_prompt is False
+
+
+def test_run_record_is_read_whole_or_refused_naming_the_file(tmp_path):
+    from alignx.train.checkpoint import RUN_RECORD, read_run_record
+
+    assert read_run_record(tmp_path) == {}  # a model no stage of ours wrote
+    (tmp_path / RUN_RECORD).write_text('{"stage": "stage1", "align_layer": 2}', encoding="utf-8")
+    assert read_run_record(tmp_path) == {"stage": "stage1", "align_layer": 2}
+    (tmp_path / RUN_RECORD).write_text('{"stage": ', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"alignx\.json: expected the run record .* found invalid JSON"):
+        read_run_record(tmp_path)
