@@ -1,7 +1,8 @@
 """Artefacts on disk: atomic writes, content fingerprints, and the small records stages return.
 
 Every artefact is written under a temporary name and renamed when complete, so a crash never leaves
-something a later run could take for good output. A directory artefact carries ``_artefact.json``
+something a later run could take for good output. A temporary name carries its writer (host, pid),
+so the next writer of the same artefact removes what a dead writer left behind. A directory artefact carries ``_artefact.json``
 with its fingerprint; ``verify_artefact`` recomputes it so a cache never returns a vanished or
 altered artefact.
 """
@@ -9,8 +10,10 @@ altered artefact.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -20,6 +23,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from alignx.holders import temp_tag, writer_of
+
+log = logging.getLogger(__name__)
 MARKER = "_artefact.json"
 _FULL_HASH_LIMIT = 256 * 1024 * 1024  # larger files: size + head/tail hash (model weights)
 
@@ -96,10 +102,39 @@ def verify_artefact(record: Artefact | dict | None) -> bool:
         return False
 
 
+def _temporary_sibling(final: Path, kind: str) -> Path:
+    return final.with_name(f".{final.name}.{kind}-{temp_tag()}~{uuid.uuid4().hex[:8]}")
+
+
+def remove_dead_temporaries(final: Path) -> list[Path]:
+    """Remove the temporary siblings of ``final`` (``.<name>.tmp-*``, ``.<name>.old-*``) whose writer died.
+
+    Only writers on this host can be proven dead; a live writer's (another run's) files stay.
+    """
+    final = Path(final)
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for kind in ("tmp", "old"):
+        prefix = f".{final.name}.{kind}-"
+        for leftover in final.parent.glob(f"{glob.escape(prefix)}*"):
+            writer = writer_of(leftover.name[len(prefix):].rsplit("~", 1)[0])
+            if writer is None or not writer.is_dead():
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            log.warning("removed %s, left behind by a writer that died (%s)", leftover, writer.describe())
+            removed.append(leftover)
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    remove_dead_temporaries(path)
+    tmp = _temporary_sibling(path, "tmp")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -120,7 +155,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success replace ``final`` with it, on error delete it."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    remove_dead_temporaries(final)
+    tmp = _temporary_sibling(final, "tmp")
     tmp.mkdir()
     try:
         yield tmp
@@ -128,7 +164,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if final.exists():
-        trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        trash = _temporary_sibling(final, "old")
         os.replace(final, trash)
         os.replace(tmp, final)
         shutil.rmtree(trash, ignore_errors=True)

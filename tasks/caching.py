@@ -15,15 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import CacheKeyFnPolicy
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.transactions import IsolationLevel
 
 from alignx.artefacts import Artefact, verify_artefact
 from alignx.config import REPO_ROOT, PipelineConfig, fingerprint
+from tasks.locks import HolderAwareLockManager
 
 logger = logging.getLogger(__name__)
 
 LOCK_DIR = Path(os.environ.get("ALIGNX_LOCK_DIR", REPO_ROOT / "data" / "cache" / "locks"))
+# A lock whose holder runs on another host is broken when its heartbeat is older than this.
+LOCK_STALE_AFTER_S = float(os.environ.get("ALIGNX_LOCK_STALE_SECONDS", "300"))
+LOCK_MANAGER = HolderAwareLockManager(LOCK_DIR, stale_after_s=LOCK_STALE_AFTER_S)
 _code_cache: dict[tuple[str, ...], str] = {}
 
 
@@ -70,7 +73,7 @@ def stage_cache(sections: Iterable[str], code: Iterable[str]) -> CacheKeyFnPolic
     """A cache policy keyed on task source + library code + config sections + input fingerprints.
 
     SERIALIZABLE isolation with a file lock manager: two runs computing the same key wait for each
-    other instead of writing the same artefact twice.
+    other instead of writing the same artefact twice, and a lock whose holder died is broken.
     """
     sections = tuple(sections)
     code = tuple(code) + ("alignx/config.py", "alignx/artefacts.py", "alignx/languages.py")
@@ -82,7 +85,7 @@ def stage_cache(sections: Iterable[str], code: Iterable[str]) -> CacheKeyFnPolic
 
     return CacheKeyFnPolicy(cache_key_fn=key_fn).configure(
         isolation_level=IsolationLevel.SERIALIZABLE,
-        lock_manager=FileSystemLockManager(lock_files_directory=LOCK_DIR),
+        lock_manager=LOCK_MANAGER,
     )
 
 
