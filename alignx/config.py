@@ -105,6 +105,10 @@ class FilterConfig(Section):
     max_ratio: float = Field(3.0, gt=1.0)  # allowed factor around the language pair's median ratio
     ratio_min_chars: int = 10  # ratio is only judged when both sides have at least this many chars
     dedup: bool = True
+    # A text holding a C0 control character other than tab, or DEL (NUL bytes, a bare \r, \n in a
+    # table cell): "reject" drops the pair, counted as control_chars; "fail" stops the filter stage
+    # with an error naming the source file and line.
+    control_chars: Literal["reject", "fail"] = "reject"
 
 
 class ShardConfig(Section):
@@ -211,11 +215,28 @@ class Stage2Config(Section):
 
 
 # ---------------------------------------------------------------- evaluation
+def check_alignment_layers(spec: str | list[int]) -> str | list[int]:
+    """``eval.alignment.layers``: "all", "every-K" (K >= 1) or a non-empty list of hidden_states indices >= 0."""
+    if isinstance(spec, str):
+        step = spec.removeprefix("every-")
+        if spec != "all" and not (spec.startswith("every-") and step.isdigit() and int(step) >= 1):
+            raise ValueError(f"layers must be 'all', 'every-K' (e.g. 'every-4') or a list of hidden_states "
+                             f"indices; found {spec!r}")
+    elif not spec or any(k < 0 for k in spec):
+        raise ValueError(f"layers must be a non-empty list of hidden_states indices >= 0; found {spec}")
+    return spec
+
+
 class AlignmentEvalConfig(Section):
     sets: list[Literal["flores", "ntrex"]] = ["flores"]
     max_sentences: int | None = None
     encodings: list[Literal["alone", "prompt"]] = ["alone", "prompt"]
     layer: int | None = None  # hidden_states index reported in tables; None -> stage1.align_layer or the middle
+    # hidden_states indices computed and plotted (the report layer is always added); the forward pass
+    # stops after the deepest, so e.g. [0, 4, 8, 12, 15] on a 30-layer model costs about half of "all"
+    layers: str | list[int] = "all"
+
+    _check_layers = field_validator("layers")(check_alignment_layers)
 
 
 class EvalConfig(Section):

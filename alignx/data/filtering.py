@@ -95,9 +95,12 @@ def filter_language_pair(job: FilterJob) -> dict[str, Any]:
     kept = 0
     with pq.ParquetWriter(job.output, PAIR_SCHEMA, compression="zstd") as writer:
         for source, path in job.inputs:
+            row = 0  # the raw file's rows are the source's rows of the pair, in reading order
             for batch in read_parquet_batches(path, _COLUMNS, batch_size=cfg.langid.batch_size):
                 ids, src, tgt = (batch.column(c).to_pylist() for c in _COLUMNS)
-                pairs = [ParallelPair(src_lang, tgt_lang, a, b, source, i) for i, a, b in zip(ids, src, tgt)]
+                pairs = [ParallelPair(src_lang, tgt_lang, a, b, source, i, row=row + k)
+                         for k, (i, a, b) in enumerate(zip(ids, src, tgt), start=1)]
+                row += len(pairs)
                 per_source[source] += len(pairs)
                 survivors = run_filters(filters, pairs)
                 kept += len(survivors)

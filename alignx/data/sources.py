@@ -121,12 +121,15 @@ def _wanted_pairs(pivot: str, languages: list[str], has_pair: Callable[[str, str
 
 # ---------------------------------------------------------------- line reading
 def _decode(raw: bytes, path: Path, line_no: int) -> str:
+    """One line of a text file without its line ending; on line 1 also without a byte-order mark
+    (files saved by some Windows tools open with one; it is not part of the first text)."""
     try:
-        return raw.decode("utf-8").rstrip("\r\n")
+        text = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         raise SourceError(
             f"{path}: line {line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start} of the line)"
         ) from None
+    return text.removeprefix("\ufeff") if line_no == 1 else text
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -199,6 +202,11 @@ class PairReader(ABC):
         """Input files of one pair (for fingerprints); empty when read from the hub."""
         return []
 
+    def locate(self, src: str, tgt: str, row: int, side: int) -> str:
+        """Where the ``row``-th pair (1-based, in ``read`` order) of ``src``-``tgt`` comes from, for error
+        messages: a file and line where there is one; ``side`` 0 is the src text, 1 the tgt text."""
+        return f"source {self.name!r} ({src}-{tgt}) row {row}"
+
 
 class LineAlignedReader(PairReader):
     """Two line-aligned files per pair (Tatoeba: ``<pair3>/tatoeba.<pair3>.<iso3>``)."""
@@ -217,6 +225,9 @@ class LineAlignedReader(PairReader):
     def read(self, src: str, tgt: str, limit: int | None = None) -> Iterator[list[TextPair]]:
         _require_pair(self, src, tgt)
         return read_aligned_files(*self.files(src, tgt), limit=limit)
+
+    def locate(self, src: str, tgt: str, row: int, side: int) -> str:
+        return f"{self.files(src, tgt)[side]} line {row}"
 
 
 class MultiwayReader(PairReader):
@@ -242,6 +253,9 @@ class MultiwayReader(PairReader):
         _require_pair(self, src, tgt)
         return read_aligned_files(*self.files(src, tgt), limit=limit)
 
+    def locate(self, src: str, tgt: str, row: int, side: int) -> str:
+        return f"{self.files(src, tgt)[side]} line {row}"
+
 
 class TableReader(PairReader):
     """A JSONL / TSV / Parquet file whose rows hold aligned texts in named columns (one per language)."""
@@ -260,13 +274,26 @@ class TableReader(PairReader):
         path = self.files(src, tgt)[0]
         if not path.is_file():
             raise MissingSourceFile(f"missing file {path} (source {self.name!r} in the catalogue)")
+        cols = (self.params.columns[src], self.params.columns[tgt])
+        rows = {"jsonl": _jsonl_rows, "tsv": _tsv_rows, "parquet": _parquet_rows}[self._format(path)](path, cols)
+        return _batched(itertools.islice(rows, limit))
+
+    def _format(self, path: Path) -> str:
         fmt = self.params.format or {".jsonl": "jsonl", ".tsv": "tsv", ".parquet": "parquet"}.get(path.suffix)
         if fmt is None:
             raise SourceError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
                               f"set format: jsonl, tsv or parquet")
-        cols = (self.params.columns[src], self.params.columns[tgt])
-        rows = {"jsonl": _jsonl_rows, "tsv": _tsv_rows, "parquet": _parquet_rows}[fmt](path, cols)
-        return _batched(itertools.islice(rows, limit))
+        return fmt
+
+    def locate(self, src: str, tgt: str, row: int, side: int) -> str:
+        path = self.files(src, tgt)[0]
+        fmt = self._format(path)
+        if fmt == "tsv":
+            return f"{path} line {row + 1}"  # line 1 is the header
+        if fmt == "jsonl":  # blank lines are skipped: count the rows again (an error path only)
+            lines = (n for n, _ in iter_jsonl(path, SourceError))
+            return f"{path} line {next(itertools.islice(lines, row - 1, None), '?')}"
+        return f"{path} row {row}"
 
 
 def _missing_column(path: Path, wanted: tuple[str, ...], found: list[str], where: str = "") -> SourceError:
@@ -358,6 +385,10 @@ class HubReader(PairReader):
         configs = [self._config(src, tgt)] if self.params.layout == "pairs" else [self._config(src), self._config(tgt)]
         found = [hub.local_copy(self._roots(), c) for c in configs]
         return sorted(f for d in found if d is not None for f in d.rglob("*") if f.is_file())
+
+    def locate(self, src: str, tgt: str, row: int, side: int) -> str:
+        config = self._config(src, tgt) if self.params.layout == "pairs" else self._config((src, tgt)[side])
+        return f"{self.params.path} (config {config!r}, split {self.params.split!r}) row {row}"
 
     def read(self, src: str, tgt: str, limit: int | None = None) -> Iterator[list[TextPair]]:
         _require_pair(self, src, tgt)

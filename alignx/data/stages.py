@@ -21,14 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, read_marker, write_marker
-from alignx.config import PipelineConfig, fingerprint
+from alignx.config import ConfigError, PipelineConfig, fingerprint
 from alignx.data.filtering import FilterJob, filter_language_pair, rows_of
-from alignx.data.filters import REASONS
+from alignx.data.filters import REASONS, ControlCharError
 from alignx.data.langid import prepare_model
 from alignx.data.schema import PAIR_SCHEMA, pair_id
 from alignx.data.shards import write_shard_set
-from alignx.data.sources import PairReader, open_source, source_inputs_fingerprint
-from alignx.mirror import resolve_mirror
+from alignx.data.sources import PairReader, SourceError, open_source, source_inputs_fingerprint
+from alignx.mirror import DataUnavailableError, resolve_mirror
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,10 @@ def build_report(results: list[dict[str, Any]], cfg: PipelineConfig) -> dict[str
             warnings.append(f"language {lang}: language ID kept {retention:.1%} of {agg['judged']} sentences, "
                             f"below retention_floor {floor:.0%}; top mislabels: {mislabels}")
             log.warning("%s", warnings[-1])
+    for r in results:
+        if r["kept"] == 0:
+            warnings.append(_no_pairs_kept(r["pair"], r["in"], r["rejected"]))
+            log.warning("%s", warnings[-1])
     total_rejected = {reason: sum(r["rejected"][reason] for r in results) for reason in REASONS}
     return {
         "pairs": {r["pair"]: {k: v for k, v in r.items() if k != "pair"} for r in results},
@@ -186,24 +190,73 @@ def filter_pairs(raw: list[Artefact], cfg: PipelineConfig, run_root: Path, progr
     fp = fingerprint([r.fingerprint for r in raw], cfg.data.langid, cfg.data.filters, cfg.pivot, cfg.languages)
     out = Path(run_root) / "filtered" / fp
     model_path = prepare_model(cfg.data.langid)
-    with atomic_dir(out) as tmp:
-        jobs = _jobs(raw, cfg, tmp, model_path)
-        results = _map(filter_language_pair, jobs, [rows_of([p for _, p in j.inputs]) for j in jobs],
-                       cfg.data.workers, PARALLEL_MIN_ROWS, progress, lambda j: f"filter {j.pair}")
-        report = build_report(results, cfg)
-        report["inputs"] = [{"source": r.meta.get("source"), "fingerprint": r.fingerprint} for r in raw]
-        report["config"] = {"langid": cfg.data.langid.model_dump(mode="json"),
-                            "filters": cfg.data.filters.model_dump(mode="json"), "pivot": cfg.pivot}
-        atomic_write_json(tmp / REPORT, report)
+    try:
+        with atomic_dir(out) as tmp:
+            jobs = _jobs(raw, cfg, tmp, model_path)
+            results = _map(filter_language_pair, jobs, [rows_of([p for _, p in j.inputs]) for j in jobs],
+                           cfg.data.workers, PARALLEL_MIN_ROWS, progress, lambda j: f"filter {j.pair}")
+            report = build_report(results, cfg)
+            report["inputs"] = [{"source": r.meta.get("source"), "fingerprint": r.fingerprint} for r in raw]
+            report["config"] = {"langid": cfg.data.langid.model_dump(mode="json"),
+                                "filters": cfg.data.filters.model_dump(mode="json"), "pivot": cfg.pivot}
+            atomic_write_json(tmp / REPORT, report)
+    except ControlCharError as exc:  # control_chars: fail; the filter knew the source and row, name the file
+        raise exc.located(_origin(exc, cfg)) from None
     meta = {"report": REPORT, "counts": summary_table(report), "warnings": report["warnings"],
             "retention": {k: v.get("retention") for k, v in report["languages"].items()}}
     return write_marker(out, "filtered", meta)
 
 
-def summary_table(filtered: Artefact | dict | str | Path) -> list[dict[str, Any]]:
-    """Rows ``{pair, in, kept, <reason>: n ...}`` per language pair, then an ``all`` row.
+def _origin(exc: ControlCharError, cfg: PipelineConfig) -> str:
+    """The source file and line of the pair the filter stopped at (its source and row when the source
+    is not in the catalogue or its files are gone)."""
+    if exc.row <= 0:
+        return exc.where
+    try:
+        reader = open_source(exc.source, resolve_mirror(cfg.data_mirror))
+        return reader.locate(exc.src_lang, exc.tgt_lang, exc.row, exc.side)
+    except (ConfigError, DataUnavailableError, SourceError, OSError):
+        return exc.where
 
-    Takes the filter artefact (or its marker), its report dict, or the path of its folder.
+
+def _no_pairs_kept(pair: str, n_in: int, rejected: dict[str, int]) -> str:
+    if n_in == 0:
+        return f"pair {pair}: no pairs kept: the sources gave none"
+    reasons = ", ".join(f"{reason} {n}" for reason, n in rejected.items() if n) or "none"
+    return f"pair {pair}: no pairs kept of {n_in} read; rejected: {reasons}"
+
+
+class NoPairsKeptError(ValueError):
+    """Filtering left one or more language pairs without any pairs: training would silently lose them.
+
+    ``counts`` maps each such pair to its ``in`` count and its non-zero rejection counts per reason.
+    """
+
+    def __init__(self, counts: dict[str, dict[str, int]]):
+        self.counts = counts
+        pairs = "; ".join(_no_pairs_kept(pair, c["in"], {r: n for r, n in c.items() if r != "in"})
+                          for pair, c in counts.items())
+        super().__init__(f"{len(counts)} language pair(s) kept no pairs after filtering: {pairs}. Check the "
+                         f"sources and data.filters / data.langid, or drop the language from languages")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return NoPairsKeptError, (self.counts,)
+
+
+def check_pairs_kept(filtered: Artefact | dict | str | Path) -> None:
+    """Raise ``NoPairsKeptError`` naming every language pair that kept no pairs, with its rejection
+    counts per reason; return quietly when each pair kept at least one. Takes what ``summary_table`` takes."""
+    empty = {row["pair"]: {"in": row["in"], **{r: row[r] for r in REASONS if row.get(r)}}
+             for row in summary_table(filtered) if row["pair"] != "all" and row["kept"] == 0}
+    if empty:
+        raise NoPairsKeptError(empty)
+
+
+def summary_table(filtered: Artefact | dict | str | Path) -> list[dict[str, Any]]:
+    """Rows ``{pair, in, kept, <reason>: n ..., warning}`` per language pair, then an ``all`` row.
+
+    ``warning`` is empty, or says that the pair kept no pairs (the ``all`` row: how many pairs did
+    not). Takes the filter artefact (or its marker), its report dict, or the path of its folder.
     """
     if isinstance(filtered, (str, Path)):
         filtered = read_marker(Path(filtered)) or {"path": str(filtered)}
@@ -213,10 +266,12 @@ def summary_table(filtered: Artefact | dict | str | Path) -> list[dict[str, Any]
         filtered = {"path": filtered.path}
     if "pairs" not in filtered:
         filtered = json.loads((Path(filtered["path"]) / REPORT).read_text(encoding="utf-8"))
-    rows = [{"pair": pair, "in": c["in"], "kept": c["kept"], **{r: c["rejected"].get(r, 0) for r in REASONS}}
-            for pair, c in filtered["pairs"].items()]
+    rows = [{"pair": pair, "in": c["in"], "kept": c["kept"], **{r: c["rejected"].get(r, 0) for r in REASONS},
+             "warning": "" if c["kept"] else "no pairs kept"} for pair, c in filtered["pairs"].items()]
     if rows:
-        rows.append({"pair": "all", **{k: sum(r[k] for r in rows) for k in ("in", "kept", *REASONS)}})
+        empty = sum(1 for r in rows if not r["kept"])
+        rows.append({"pair": "all", **{k: sum(r[k] for r in rows) for k in ("in", "kept", *REASONS)},
+                     "warning": f"{empty} pair(s) kept no pairs" if empty else ""})
     return rows
 
 

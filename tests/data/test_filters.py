@@ -103,12 +103,13 @@ def test_hash_set_matches_a_python_set_and_keeps_8_bytes_per_hash():
 
 
 def test_registry_order_and_unknown_names():
-    assert list(FILTERS) == ["empty", "identical", "length", "length_ratio", "duplicate", "language", "lid_score"]
+    assert list(FILTERS) == ["control_chars", "empty", "identical", "length", "length_ratio", "duplicate", "language",
+                             "lid_score"]
     cfg = parse_config({"name": "t", "data": {"filters": {"dedup": False}}}).data
     ctx = FilterContext(cfg, LanguageIdentifier(LangIdConfig()), None)
     names = [f.name for f in build_filters(ctx)]
-    assert names == ["empty", "identical", "length", "length_ratio", "language"]  # dedup off, no LID floor
-    with pytest.raises(ValueError, match="unknown filter.*bogus.*known filters: empty"):
+    assert names == ["control_chars", "empty", "identical", "length", "length_ratio", "language"]  # dedup off
+    with pytest.raises(ValueError, match="unknown filter.*bogus.*known filters: control_chars, empty"):
         build_filters(ctx, ["bogus"])
 
 

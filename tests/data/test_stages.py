@@ -56,7 +56,7 @@ def test_filter_and_shard_end_to_end(collected, tmp_path):
     assert progress[-1][0] == progress[-1][1] == 1500
     rows = stages.summary_table(filtered)
     assert [r["pair"] for r in rows] == ["en-de", "en-sw", "en-zh", "all"]
-    assert set(rows[0]) == {"pair", "in", "kept", *REASONS}
+    assert set(rows[0]) == {"pair", "in", "kept", *REASONS, "warning"} and {r["warning"] for r in rows} == {""}
     assert rows[-1]["in"] == 1500 and rows == stages.summary_table(report) == stages.summary_table(filtered.path)
     kept = pq.read_table(Path(filtered.path) / "en-zh.parquet")
     assert kept.num_rows == report["pairs"]["en-zh"]["kept"]
@@ -78,8 +78,8 @@ def test_dedup_works_across_sources(collected, tmp_path):
     for pair, counts in once["pairs"].items():
         assert twice["pairs"][pair]["kept"] == counts["kept"]
         assert twice["pairs"][pair]["rejected"]["duplicate"] == counts["rejected"]["duplicate"] + 250 - sum(
-            n for r, n in counts["rejected"].items() if r in ("empty", "identical", "too_short", "too_long",
-                                                              "length_ratio"))
+            n for r, n in counts["rejected"].items() if r in ("control_chars", "empty", "identical", "too_short",
+                                                              "too_long", "length_ratio"))
 
 
 def test_output_dir_depends_on_config_and_parallel_equals_serial(collected, tmp_path, monkeypatch):
@@ -105,9 +105,10 @@ def test_retention_below_floor_warns_with_top_mislabels(collected, small_mirror,
     strict = make_config(small_mirror, tmp_path / "run", langid={"policies": {"zh": {"labels": ["ko"], "top_k": 1}}})
     with caplog.at_level(logging.WARNING, logger="alignx.data.stages"):
         filtered = stages.filter_pairs(raw, strict, tmp_path / "run")
-    (warning,) = filtered.meta["warnings"]
+    warning, empty = filtered.meta["warnings"]
     assert warning.startswith("language zh: language ID kept 0.0% of") and "top mislabels: zh (" in warning
-    assert warning in caplog.text
+    assert empty == "pair en-zh: no pairs kept of 500 read; rejected: wrong_language 500"
+    assert warning in caplog.text and empty in caplog.text
     assert filtered.meta["retention"]["zh"] == 0.0 and filtered.meta["retention"]["de"] > 0.95
 
 

@@ -1,12 +1,14 @@
 """Pair filters, one small class per file; this registry fixes their order.
 
-Cheap checks first, dedup before language ID (no LID work on copies), the LID score last because it
-reads the scores language ID wrote. A new filter is one new file plus one line here.
+Cheap checks first (control characters first of all: in ``fail`` mode each one stops the stage,
+whatever else is wrong with its pair), dedup before language ID (no LID work on copies), the LID
+score last because it reads the scores language ID wrote. A new filter is one new file plus one line here.
 """
 
 from __future__ import annotations
 
 from alignx.data.filters.base import (
+    CONTROL_CHARS,
     DUPLICATE,
     EMPTY,
     IDENTICAL,
@@ -20,6 +22,7 @@ from alignx.data.filters.base import (
     FilterContext,
     ParallelPair,
 )
+from alignx.data.filters.control import ControlCharError, ControlCharFilter
 from alignx.data.filters.duplicates import DuplicateFilter
 from alignx.data.filters.empty import EmptyFilter
 from alignx.data.filters.identical import IdenticalFilter
@@ -29,8 +32,8 @@ from alignx.data.filters.ratio import LengthRatioFilter, RatioHistogram
 
 FILTERS: dict[str, type[Filter]] = {
     f.name: f
-    for f in (EmptyFilter, IdenticalFilter, LengthFilter, LengthRatioFilter, DuplicateFilter, LanguageFilter,
-              LidScoreFilter)
+    for f in (ControlCharFilter, EmptyFilter, IdenticalFilter, LengthFilter, LengthRatioFilter, DuplicateFilter,
+              LanguageFilter, LidScoreFilter)
 }
 
 
@@ -53,8 +56,8 @@ def run_filters(filters: list[Filter], batch: list[ParallelPair]) -> list[Parall
 
 
 __all__ = [
-    "DUPLICATE", "EMPTY", "FILTERS", "IDENTICAL", "LENGTH_RATIO", "LOW_LID_SCORE", "REASONS", "TOO_LONG",
-    "TOO_SHORT", "WRONG_LANGUAGE", "DuplicateFilter", "EmptyFilter", "Filter", "FilterContext", "IdenticalFilter",
-    "LanguageFilter", "LengthFilter", "LengthRatioFilter", "LidScoreFilter", "ParallelPair", "RatioHistogram",
-    "build_filters", "run_filters",
+    "CONTROL_CHARS", "DUPLICATE", "EMPTY", "FILTERS", "IDENTICAL", "LENGTH_RATIO", "LOW_LID_SCORE", "REASONS",
+    "TOO_LONG", "TOO_SHORT", "WRONG_LANGUAGE", "ControlCharError", "ControlCharFilter", "DuplicateFilter",
+    "EmptyFilter", "Filter", "FilterContext", "IdenticalFilter", "LanguageFilter", "LengthFilter", "LengthRatioFilter",
+    "LidScoreFilter", "ParallelPair", "RatioHistogram", "build_filters", "run_filters",
 ]

@@ -19,13 +19,14 @@ if TYPE_CHECKING:
     from alignx.data.langid import LanguageIdentifier
 
 # Rejection reasons, in the order the filters run.
+CONTROL_CHARS = "control_chars"  # a side holds a C0 control character (tab excepted) or DEL
 EMPTY = "empty"  # a side is empty or whitespace only
 IDENTICAL = "identical"  # source equals target after normalisation
 TOO_SHORT = "too_short"  # a side has fewer than min_chars characters
 TOO_LONG = "too_long"  # a side has more than max_chars characters
 LENGTH_RATIO = "length_ratio"  # length ratio too far from the language pair's median
 DUPLICATE = "duplicate"  # the same pair (normalised) was seen before, in this or another source
-REASONS = (EMPTY, IDENTICAL, TOO_SHORT, TOO_LONG, LENGTH_RATIO, DUPLICATE, WRONG_LANGUAGE, LOW_LID_SCORE)
+REASONS = (CONTROL_CHARS, EMPTY, IDENTICAL, TOO_SHORT, TOO_LONG, LENGTH_RATIO, DUPLICATE, WRONG_LANGUAGE, LOW_LID_SCORE)
 EXAMPLES_PER_REASON = 3  # rejected pairs kept per filter for the report
 
 FilterResult = bool | tuple[bool, str]
@@ -43,6 +44,7 @@ class ParallelPair:
     pair_id: str = ""
     src_lid: float = math.nan
     tgt_lid: float = math.nan
+    row: int = 0  # 1-based row in its source's raw file of the language pair (= the reader's row); 0: unknown
 
 
 @dataclass
