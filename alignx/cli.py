@@ -1,12 +1,19 @@
-"""The ``alignx`` command: run flows locally (Prefect's ephemeral API by default), deploy, start workers."""
+"""The ``alignx`` command: run flows locally (Prefect's ephemeral API by default), deploy, start workers.
+
+A failure prints one line (what failed, where, what to do) and exits non-zero; the full log with every
+traceback goes to a file under ``data/logs/`` whose path it prints (``--verbose`` shows it all).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
+import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +65,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     marker = read_marker(Path(filtered)) if filtered else None
     if marker is not None:
         print(_table(summary_table(marker)))
+        for warning in marker.meta.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -125,7 +134,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alignx", description=__doc__)
+    parser = argparse.ArgumentParser(prog="alignx", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true", help="show full tracebacks and multi-line log records")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_profile(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -156,14 +167,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOG_DIR = REPO_ROOT / "data" / "logs"
+_RUNS_FLOWS = {"data", "train", "eval", "pipeline"}
+
+
+class _FirstLineFormatter(logging.Formatter):
+    """Wraps a console formatter: the record's first line only, never its traceback."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            text = self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+        first, _, rest = text.partition("\n")
+        return first + (" [...]" if rest.strip() else "")
+
+
+def _quiet_console(log_file: Path) -> None:
+    """Console log lines stay one line each; everything, tracebacks included, goes to ``log_file``."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # Prefect's own handlers first; its console handlers are then tamed here
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(log_file, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+    for logger in loggers:
+        if logger.handlers or logger is logging.getLogger():
+            stream_handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
+                               and not isinstance(h, logging.FileHandler)]
+            for handler in stream_handlers:
+                handler.setFormatter(_FirstLineFormatter(handler.formatter))
+            if logger is logging.getLogger() or not logger.propagate:
+                logger.addHandler(to_file)
+
+
+def _failure_line(exc: BaseException) -> str:
+    """What failed, in one line: the innermost message of the exception chain."""
+    message = str(exc).strip() or type(exc).__name__
+    first = message.splitlines()[0]
+    more = len(message.splitlines()) > 1
+    return f"{type(exc).__name__}: {first}" + (" (more in the log)" if more else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_env()
+    log_file = LOG_DIR / f"alignx-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    if args.command in _RUNS_FLOWS:
+        from alignx.watchdog import watch
+
+        watch()  # the temporary Prefect server and workers stop when this process dies, even by kill -9
+        if not args.verbose:
+            _quiet_console(log_file)
     try:
         return args.fn(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("a", encoding="utf-8") as fh:
+            fh.write("".join(traceback.format_exception(exc)))
+        print(f"error: alignx {args.command} failed: {_failure_line(exc)}", file=sys.stderr)
+        print(f"  full log and traceback: {log_file} (or rerun with --verbose)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
