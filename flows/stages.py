@@ -70,8 +70,11 @@ def stage2_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | No
 
 @flow(name="evaluate")
 def evaluate_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | None = None,
-                  model_path: str | None = None) -> dict[str, Any]:
-    """Evaluate one arm's final model, or any checkpoint directory given as ``model_path``."""
+                  model_path: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """Evaluate one arm's final model, or any checkpoint directory given as ``model_path``.
+
+    ``name`` labels the evaluation (default: the arm), e.g. ``alignx-stage1`` for a stage-1 checkpoint.
+    """
     cfg = params.config().model_copy(update={"dispatch": "local"})
     got = chain.load_inputs(inputs)
     if model_path:
@@ -81,6 +84,6 @@ def evaluate_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | 
     if "model" not in got:
         cfg_up, up = _upstream(params, None, ("shards", "base"))
         got["model"] = chain.train_arm(cfg_up, params.arm, up["base"], up["shards"])["final"]
-    record = chain.run_evaluate(cfg, got["model"], params.arm)
+    record = chain.run_evaluate(cfg, got["model"], name or params.arm)
     chain.publish_result(cfg, record)
     return chain.as_json(record)

@@ -16,11 +16,16 @@ EVAL_CODE = ("alignx/eval", "alignx/data/instructions.py", "alignx/mirror.py")
 _RETRY = dict(retries=1, retry_delay_seconds=[10], retry_condition_fn=retry_transient)
 
 
-@task(name="evaluate", cache_policy=stage_cache(["eval", "languages", "pivot", "data_mirror"], EVAL_CODE),
+# Besides eval, the evaluation reads the align layer (the report's default layer) and the LID config
+# (off-target rates): both are part of its key, so a changed layer never returns a stale measurement.
+EVAL_SECTIONS = ["eval", "languages", "pivot", "data_mirror", "stage1.align_layer", "data.langid"]
+
+
+@task(name="evaluate", cache_policy=stage_cache(EVAL_SECTIONS, EVAL_CODE),
       persist_result=True, tags=["gpu"], **_RETRY)
 def evaluate(model: Artefact, benchmark_fingerprint: str, cfg: PipelineConfig, name: str) -> Artefact:
     """Benchmarks and alignment metrics of one checkpoint (keyed on model + benchmark data + config)."""
-    out = cfg.resolved_run_root() / "eval" / f"{name}-{fingerprint(model.fingerprint, benchmark_fingerprint, cfg.eval)}"
+    out = cfg.resolved_run_root() / "eval" / f"{name}-{fingerprint(model.fingerprint, benchmark_fingerprint, cfg.eval, cfg.stage1.align_layer, cfg.data.langid)}"
     return runner.evaluate_model(model.path, cfg, out, progress=ProgressReporter(f"evaluate-{name}", f"evaluate {name}"))
 
 

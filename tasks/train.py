@@ -1,4 +1,4 @@
-"""Prefect tasks for training: bootstrap base model, stage 1 (AlignX or control), stage 2 (SFT).
+"""Prefect tasks for training: the base model (prepared or bootstrapped), stage 1 (AlignX or control), stage 2 (SFT).
 
 Tagged ``gpu`` so a concurrency limit keeps one training stage per GPU worker. A retried task resumes
 from the last training checkpoint (the library keeps it beside the output directory).
@@ -12,8 +12,9 @@ from pathlib import Path
 from prefect import task
 from prefect.logging import get_run_logger
 
-from alignx.artefacts import Artefact, tree_fingerprint
+from alignx.artefacts import Artefact
 from alignx.config import PipelineConfig, fingerprint
+from alignx.model import base_models
 from alignx.train import stages
 from tasks.caching import retry_transient, stage_cache
 from tasks.observe import ProgressReporter
@@ -38,12 +39,17 @@ def model_dir(cfg: PipelineConfig, name: str, *parts: object) -> Path:
     return cfg.resolved_run_root() / "models" / f"{name}-{fingerprint(*parts)}"
 
 
-def given_base_model(cfg: PipelineConfig) -> Artefact:
-    """The user's base model (hub id or local path) as an artefact record."""
-    path = Path(cfg.base_model)
-    fp = tree_fingerprint(path) if path.exists() else fingerprint(cfg.base_model)
-    return Artefact(kind="model", path=str(path) if path.exists() else cfg.base_model, fingerprint=fp,
-                    meta={"source": "given"})
+@task(name="prepare-base", cache_policy=stage_cache(["base_model", "base_model_dtype"], TRAIN_CODE),
+      persist_result=True, **_RETRY)
+def prepare_base(source_fp: str, cfg: PipelineConfig) -> Artefact:
+    """The profile's base model as a checkpoint dir (a GGUF is converted once); keyed on ``source_fp``.
+
+    ``source_fp`` (``base_models.source_fingerprint``) is the GGUF's SHA-256, the directory's content
+    fingerprint or the hub commit, so a changed file is a cache miss even under the same path or name.
+    """
+    return base_models.prepare_base_model(cfg.base_model, cfg.resolved_run_root() / "models",
+                                          dtype=cfg.base_model_dtype,
+                                          progress=ProgressReporter("base-model", "base model"))
 
 
 @task(name="bootstrap", cache_policy=stage_cache(["bootstrap", "languages", "pivot"], TRAIN_CODE),

@@ -1,0 +1,95 @@
+"""Dispatch to deployments: what the pipeline sends each stage flow is valid for it, and a failed child fails the parent.
+
+``run_deployment`` is replaced by a recorder (no workers here); the parameters it receives are
+validated against the target flow's own signature, which is what the server does for a real run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from alignx.artefacts import Artefact, atomic_dir, write_marker
+from alignx.config import load_profile
+from flows import chain, stages
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+FLOWS = {"stage1": stages.stage1_flow, "stage2": stages.stage2_flow, "evaluate": stages.evaluate_flow,
+         "bootstrap": stages.bootstrap_flow}
+
+
+def _artefact(path: Path) -> Artefact:
+    with atomic_dir(path) as tmp:
+        (tmp / "weights.bin").write_bytes(b"w")
+    return write_marker(path, "model")
+
+
+@pytest.fixture()
+def recorder(monkeypatch, tmp_path):
+    sent: list[tuple[str, dict]] = []
+    outcome = {"state": "Completed", "message": ""}
+
+    def fake_run_deployment(name: str, parameters: dict, timeout=None):
+        sent.append((name, parameters))
+        run_id = uuid.uuid4()
+        state = SimpleNamespace(name=outcome["state"], message=outcome["message"],
+                                is_completed=lambda: outcome["state"] == "Completed")
+        if outcome["state"] == "Completed":
+            cfg = load_profile("smoke", {"run_root": str(tmp_path / "run")})
+            record = _artefact(tmp_path / f"out-{len(sent)}")
+            chain.result_record_path(cfg, str(run_id)).parent.mkdir(parents=True, exist_ok=True)
+            chain.result_record_path(cfg, str(run_id)).write_text(record.model_dump_json())
+        return SimpleNamespace(id=run_id, name=f"child-{len(sent)}", state=state)
+
+    monkeypatch.setattr(chain, "run_deployment", fake_run_deployment)
+    return sent, outcome
+
+
+def test_every_dispatched_stage_gets_parameters_its_flow_accepts(recorder, tmp_path):
+    sent, _ = recorder
+    cfg = load_profile("smoke", {"run_root": str(tmp_path / "run"), "dispatch": "deployments",
+                                 "eval.include_stage1": True})
+    base, shards = _artefact(tmp_path / "base"), _artefact(tmp_path / "shards")
+    for arm in ("control", "alignx"):
+        s1 = chain.run_stage1(cfg, base, shards, arm)
+        chain.run_stage2(cfg, s1, shards, arm)
+        chain.run_evaluate(cfg, s1, f"{arm}-stage1")
+    chain.run_evaluate(cfg, base, "base")
+    assert [n for n, _ in sent].count(chain.STAGE_DEPLOYMENTS["evaluate"]) == 3
+    for name, parameters in sent:
+        stage = next(s for s, d in chain.STAGE_DEPLOYMENTS.items() if d == name)
+        FLOWS[stage].validate_parameters(parameters)  # raises on a parameter the flow rejects
+    evaluations = [p for n, p in sent if n == chain.STAGE_DEPLOYMENTS["evaluate"]]
+    assert [p.get("name") for p in evaluations] == ["control-stage1", "alignx-stage1", "base"]
+    assert [p["params"]["arm"] for p in evaluations] == ["control", "alignx", "base"]
+
+
+def test_failed_child_fails_the_parent_with_its_message(recorder, tmp_path):
+    _, outcome = recorder
+    outcome.update(state="Failed", message="stage 1 ran out of memory twice")
+    cfg = load_profile("smoke", {"run_root": str(tmp_path / "run"), "dispatch": "deployments"})
+    base, shards = _artefact(tmp_path / "base"), _artefact(tmp_path / "shards")
+    with pytest.raises(RuntimeError, match="ended Failed: stage 1 ran out of memory twice"):
+        chain.run_stage1(cfg, base, shards, "alignx")
+
+
+def test_published_result_is_what_the_parent_reads(tmp_path):
+    from prefect import flow
+
+    cfg = load_profile("smoke", {"run_root": str(tmp_path / "run")})
+    record = _artefact(tmp_path / "model")
+
+    @flow
+    def child() -> str:
+        from prefect.runtime import flow_run
+
+        chain.publish_result(cfg, record)
+        return str(flow_run.id)
+
+    run_id = child()
+    written = Artefact.model_validate_json(chain.result_record_path(cfg, run_id).read_text())
+    assert written == record
