@@ -2,7 +2,9 @@
 
 Stage 1 trains on translation instructions, stage 2 on translation plus general instructions; both,
 and the evaluation's in-prompt encoding, go through ``encode_example`` so the spans mean the same
-thing everywhere. This module also builds the instruction rows themselves: translation instructions
+thing everywhere. The text is always tokenised whole; a span is every token holding a character of
+its sentence, and "exact" (checked on a sample of every encoding call) is defined in
+``alignx.data.spans``. This module also builds the instruction rows themselves: translation instructions
 from the parallel shards and general instructions from local files or the hub.
 """
 
@@ -19,6 +21,7 @@ import pandas as pd
 
 from alignx.config import InstructionSource
 from alignx.data.schema import INSTRUCTION_SCHEMA, normalise_text
+from alignx.data.spans import SpanMismatchError, check_span, decode_span, token_spans
 from alignx.jsonl import iter_jsonl
 from alignx.languages import LANGUAGES, get_language
 
@@ -75,27 +78,6 @@ def _segments(instruction: str, input_text: str, output_text: str | None) -> lis
     return [PROMPT_TEMPLATE_NO_INPUT.format(instruction=instruction), "", "", output_text or ""]
 
 
-def _token_boundary(offsets: Sequence[tuple[int, int]], char_pos: int) -> int | None:
-    """First token starting at or after ``char_pos`` when no token straddles it, else None."""
-    for k, (start, end) in enumerate(offsets):
-        if start >= char_pos:
-            return k
-        if end > char_pos:
-            return None  # this token holds characters from both sides of the boundary
-    return len(offsets)
-
-
-def _split_by_offsets(offsets: Sequence[tuple[int, int]], cuts: list[int]) -> list[int] | None:
-    """Token index of each character cut, or None when a token crosses one of them."""
-    out = []
-    for pos in cuts:
-        k = _token_boundary(offsets, pos)
-        if k is None:
-            return None
-        out.append(k)
-    return out
-
-
 def encode_example(
     tokenizer,
     instruction: str,
@@ -107,11 +89,11 @@ def encode_example(
     """Tokenise one instruction example in the Alpaca template and locate its spans.
 
     The whole text is tokenised at once (the tokenisation a model sees in context) and spans come
-    from the tokenizer's character offsets. When a token crosses a span boundary (e.g. a tokenizer
-    that merges a final '.' with the following newlines) or the tokenizer gives no offsets, the
-    four segments are tokenised separately and concatenated, so spans are exact for any tokenizer.
-    BOS (and other leading special tokens) follow the tokenizer's default; EOS is appended after a
-    response when ``add_eos``. Truncation keeps the first ``max_length`` tokens.
+    from the tokenizer's character offsets (``alignx.data.spans``): a token that crosses a span
+    boundary (e.g. a final '.' merged with the template's newlines) belongs to the span. BOS (and
+    other leading special tokens) follow the tokenizer's default; EOS is appended after a response
+    when ``add_eos``. Truncation keeps the first ``max_length`` tokens. The spans are checked
+    (``check_encoded``); a span that does not decode exactly raises ``SpanMismatchError``.
     """
     return encode_examples(tokenizer, [(instruction, input_text, output_text)], max_length, add_eos)[0]
 
@@ -121,16 +103,22 @@ def encode_examples(
     rows: Sequence[tuple[str, str, str | None]],
     max_length: int,
     add_eos: bool = True,
+    check_sample: int = 64,
 ) -> list[EncodedExample]:
-    """Batched ``encode_example`` over (instruction, input, output) rows (one tokenizer call)."""
+    """Batched ``encode_example`` over (instruction, input, output) rows (one tokenizer call).
+
+    ``check_sample`` examples, evenly spaced over ``rows``, are checked with ``check_encoded``
+    (0: none); a mismatch raises ``SpanMismatchError`` showing the example.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(f"span encoding needs a fast tokenizer (one that returns character offsets); "
+                        f"{type(tokenizer).__name__} of {getattr(tokenizer, 'name_or_path', '?')!r} is not one")
     segs = [_segments(ins, inp, out) for ins, inp, out in rows]
-    texts = ["".join(s) for s in segs]
-    fast = getattr(tokenizer, "is_fast", False)
-    enc = tokenizer(texts, add_special_tokens=True, return_special_tokens_mask=True,
-                    return_offsets_mapping=fast)
+    enc = tokenizer(["".join(s) for s in segs], add_special_tokens=True, return_special_tokens_mask=True,
+                    return_offsets_mapping=True)
     eos = tokenizer.eos_token_id
     out = []
-    for i, (ins, inp, response) in enumerate(rows):
+    for i, (_, _, response) in enumerate(rows):
         ids, special = enc["input_ids"][i], enc["special_tokens_mask"][i]
         lead = 0
         while lead < len(ids) and special[lead]:
@@ -138,26 +126,87 @@ def encode_examples(
         trail = len(ids)
         while trail > lead and special[trail - 1]:
             trail -= 1  # a default trailing EOS is dropped: we place EOS ourselves, after responses only
-        body = ids[lead:trail]
-        seg = segs[i]
-        cuts = [len(seg[0]), len(seg[0]) + len(seg[1]), len(seg[0]) + len(seg[1]) + len(seg[2])]
-        bounds = _split_by_offsets(enc["offset_mapping"][i][lead:trail], cuts) if fast else None
-        if bounds is None:
-            pieces = [tokenizer(s, add_special_tokens=False)["input_ids"] if s else [] for s in seg]
-            body = [t for p in pieces for t in p]
-            bounds = [len(pieces[0]), len(pieces[0]) + len(pieces[1]),
-                      len(pieces[0]) + len(pieces[1]) + len(pieces[2])]
-        full = list(ids[:lead]) + list(body)
-        resp_end = len(full)
+        before, inp, tail, resp = (len(s) for s in segs[i])
+        src, tgt = token_spans(enc["offset_mapping"][i][lead:trail],
+                               [(before, before + inp), (before + inp + tail, before + inp + tail + resp)])
+        full = list(ids[:trail])
         if response is not None and add_eos and eos is not None:
             full.append(eos)
-        src = (lead + bounds[0], lead + bounds[1]) if inp else None
-        tgt = (lead + bounds[2], resp_end) if response else None
+        prompt_len = lead + tgt[0] if tgt is not None else trail
+        src = (lead + src[0], lead + src[1]) if src is not None else None
+        tgt = (lead + tgt[0], lead + tgt[1]) if tgt is not None else None
         full = full[:max_length]
-        src = src if src is not None and src[1] <= max_length and src[1] > src[0] else None
-        tgt = tgt if tgt is not None and tgt[1] <= max_length and tgt[1] > tgt[0] else None
-        out.append(EncodedExample(full, min(lead + bounds[2], len(full)), src, tgt))
+        src = src if src is not None and src[1] <= max_length else None
+        tgt = tgt if tgt is not None and tgt[1] <= max_length else None
+        out.append(EncodedExample(full, min(prompt_len, len(full)), src, tgt))
+    if check_sample:
+        check_encoded(tokenizer, rows, out, even_sample(len(rows), check_sample))
     return out
+
+
+def even_sample(n: int, k: int) -> list[int]:
+    """``min(n, k)`` indices spread evenly over ``range(n)`` (a deterministic sample of every part)."""
+    m = min(n, k)
+    return [j * n // m for j in range(m)]
+
+
+def span_problems(
+    tokenizer,
+    row: tuple[str, str, str | None],
+    input_ids: Sequence[int],
+    src_span: tuple[int, int] | None,
+    tgt_span: tuple[int, int] | None,
+) -> list[str]:
+    """What is wrong with the spans of one encoded row ([] when each decodes exactly to its sentence).
+
+    ``input_ids`` and the spans may be an ``EncodedExample``'s or a padded row of a batch (spans
+    shifted with it). A span cut away by the length limit (None) has nothing to check.
+    """
+    head, inp, tail, resp = _segments(*row)
+    problems = []
+    if src_span is not None:
+        why = check_span(tokenizer, input_ids, src_span, inp, head, tail + resp)
+        if why:
+            problems.append(f"source span: {why}")
+    if tgt_span is not None:
+        why = check_span(tokenizer, input_ids, tgt_span, resp, head + inp + tail, "")
+        if why:
+            problems.append(f"target span: {why}")
+    return problems
+
+
+def check_encoded(
+    tokenizer,
+    rows: Sequence[tuple[str, str, str | None]],
+    encoded: Sequence[EncodedExample],
+    indices: Sequence[int],
+) -> None:
+    """Raise ``SpanMismatchError`` when a span of the examples at ``indices`` does not decode exactly.
+
+    The message shows the first mismatching examples: the sentence, the decoded span and its token
+    ids with two tokens of context on either side.
+    """
+    bad = []
+    for i in indices:
+        e = encoded[i]
+        for problem in span_problems(tokenizer, rows[i], e.input_ids, e.src_span, e.tgt_span):
+            bad.append((i, problem))
+    if not bad:
+        return
+    lines = [f"{len({i for i, _ in bad})} of {len(indices)} checked examples have a token span that does not "
+             f"decode exactly to its sentence (tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__!r});"
+             f" a span must decode to its sentence with at most the template characters its boundary tokens hold "
+             f"(see alignx.data.spans)"]
+    for i, problem in bad[:3]:
+        e, (_, inp, out) = encoded[i], rows[i]
+        source = problem.startswith("source")
+        s, t = e.src_span if source else e.tgt_span
+        lines += [f"  example {i}, {problem}",
+                  f"    sentence: {(inp if source else out)!r}",
+                  f"    decoded:  {decode_span(tokenizer, e.input_ids[s:t])!r}",
+                  f"    token ids: {e.input_ids[max(0, s - 2):s]} [{' '.join(map(str, e.input_ids[s:t]))}] "
+                  f"{e.input_ids[t:t + 2]}"]
+    raise SpanMismatchError("\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -175,12 +224,14 @@ class TrainExample:
 
 
 def encode_rows(
-    tokenizer, rows: pd.DataFrame, max_length: int, languages: Sequence[str], chunk: int = 1024
+    tokenizer, rows: pd.DataFrame, max_length: int, languages: Sequence[str], chunk: int = 1024,
+    check_sample: int = 64,
 ) -> list[TrainExample]:
     """Encode instruction rows (INSTRUCTION_SCHEMA) with language ids indexed in ``languages``.
 
     Translation rows that share a text (the two directions of a pair, several translations of one
-    sentence) get one group; general rows have none.
+    sentence) get one group; general rows have none. ``check_sample`` examples spread over all rows
+    are checked (``check_encoded``): a span that does not decode exactly raises ``SpanMismatchError``.
     """
     ids = {code: i for i, code in enumerate(languages)}
     groups = shared_text_groups(rows)
@@ -188,9 +239,11 @@ def encode_rows(
     out: list[TrainExample] = []
     for start in range(0, len(records), chunk):
         part = records[start : start + chunk]
-        encoded = encode_examples(tokenizer, [(r[0], r[1], r[2]) for r in part], max_length)
+        encoded = encode_examples(tokenizer, [(r[0], r[1], r[2]) for r in part], max_length, check_sample=0)
         out.extend(TrainExample(e, ids.get(r[3], -1), ids.get(r[4], -1), g)
                    for e, r, g in zip(encoded, part, groups[start : start + chunk]))
+    check_encoded(tokenizer, [(r[0], r[1], r[2]) for r in records], [ex.encoded for ex in out],
+                  even_sample(len(records), check_sample))
     return out
 
 

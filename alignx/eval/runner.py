@@ -1,7 +1,8 @@
 """Evaluate one checkpoint: every configured benchmark and language, then the alignment metrics.
 
 ``evaluate_model`` validates everything it will read before loading the model (every problem at
-once), then writes ``metrics.json`` (lm-evaluation-harness-like) and ``items/<task>.jsonl`` (one row
+once), checks that every translation prompt and alignment sentence fits the model's context before
+any benchmark runs (``check_prompt_lengths``, again every problem at once), then writes ``metrics.json`` (lm-evaluation-harness-like) and ``items/<task>.jsonl`` (one row
 per item, for paired intervals between models) into an atomically created directory.
 """
 
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +20,17 @@ import torch
 
 from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, read_marker, write_marker
 from alignx.config import PipelineConfig
+from alignx.data.instructions import encode_examples, translation_instruction
 from alignx.eval import alignment as align
 from alignx.eval.generation import GreedyGenerator
-from alignx.eval.loglik import LoglikelihoodScorer
+from alignx.eval.loglik import LoglikelihoodScorer, model_max_length
 from alignx.eval.plan import EvalInputError, EvalPlan, benchmark_fingerprint, plan_evaluation
 from alignx.eval.scoring import evaluate_choice, evaluate_generation, evaluate_translation
+from alignx.eval.translation import translation_prompts
 from alignx.mirror import resolve_mirror
 
-__all__ = ["EvalInputError", "benchmark_fingerprint", "evaluate_model", "load_model", "report_layer"]
+__all__ = ["EvalInputError", "benchmark_fingerprint", "check_prompt_lengths", "evaluate_model", "load_model",
+           "report_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +52,8 @@ def load_model(model_path: str, device: str = "cpu"):
 
 def report_layer(cfg: PipelineConfig, n_layers: int) -> int:
     """The hidden_states index whose alignment the tables report (the contrastive loss's layer)."""
-    layer = cfg.eval.alignment.layer if cfg.eval.alignment.layer is not None else cfg.stage1.align_layer
-    layer = layer if layer is not None else max(1, n_layers // 2)  # stage 1's default: the middle block
+    layer = cfg.eval.alignment.layer
+    layer = layer if layer is not None else cfg.stage1.align_layer_for(n_layers)  # an int, or the middle block
     if not 0 <= layer <= n_layers:
         raise ValueError(f"alignment layer {layer} is out of range 0..{n_layers} for this model")
     return layer
@@ -65,6 +70,7 @@ def evaluate_model(model_path: str, cfg: PipelineConfig, out_dir: Path, progress
     model, tokenizer = load_model(model_path, cfg.eval.device)
     n_layers = int(model.config.get_text_config().num_hidden_layers)
     layer = report_layer(cfg, n_layers)
+    check_prompt_lengths(plan, tokenizer, cfg, model_max_length(model, tokenizer))
     tracker = _Tracker(progress, plan.total(cfg.eval.alignment.encodings if plan.alignment else []))
     run = _Collected()
     _run_tasks(plan, model, tokenizer, cfg, tracker, run)
@@ -91,6 +97,58 @@ def evaluate_model(model_path: str, cfg: PipelineConfig, out_dir: Path, progress
             (tmp / ITEMS_DIR / f"{task}.jsonl").write_text(lines, encoding="utf-8")
         atomic_write_json(tmp / METRICS_FILE, metrics_doc)
     return write_marker(out_dir, "eval", {"metrics": str(out_dir / METRICS_FILE), "groups": metrics_doc["groups"]})
+
+
+def check_prompt_lengths(plan: EvalPlan, tokenizer, cfg: PipelineConfig, max_length: int) -> None:
+    """Raise ``EvalInputError`` listing every item that cannot fit the model's context (before any benchmark runs).
+
+    Checked, per task and language: a translation prompt (stage-1 template, no response) must fit in
+    ``max_length - eval.max_new_tokens`` (the generator keeps only the prompt's last tokens, which would
+    cut its instruction or source); an alignment sentence in the ``prompt`` encoding must have its span
+    end within ``max_length`` (both prompt directions: X->pivot and pivot->X); in the ``alone`` encoding
+    all its tokens. Multiple-choice and MGSM contexts are left-truncated as lm-evaluation-harness does,
+    so they are not checked.
+    """
+    problems: list[str] = []
+    room = max_length - cfg.eval.max_new_tokens
+    longer = ", or raise bootstrap.model.max_position_embeddings" if cfg.base_model is None else ""
+    for unit in plan.units:
+        if unit.spec.kind == "translation":
+            prompts = translation_prompts(tokenizer, unit.src, unit.tgt, [d["source"] for d in unit.docs], sys.maxsize)
+            _too_long(problems, f"{unit.task} prompts", [len(p) for p in prompts], room,
+                      f"the model's context length {max_length} minus eval.max_new_tokens {cfg.eval.max_new_tokens}",
+                      "lower eval.max_new_tokens, or leave the language out (eval.languages)" + longer)
+    for set_name, texts in plan.alignment.items():
+        for encoding in cfg.eval.alignment.encodings:
+            fix = f"drop {encoding!r} from eval.alignment.encodings, or leave the language out (eval.languages)"
+            for what, lengths in _alignment_lengths(tokenizer, set_name, texts, cfg.pivot, encoding):
+                _too_long(problems, what, lengths, max_length, "the model's context length", fix + longer)
+    if problems:
+        raise EvalInputError(problems)
+
+
+def _alignment_lengths(tokenizer, set_name: str, texts: dict[str, list[str]], pivot: str,
+                       encoding: str) -> Iterator[tuple[str, list[int]]]:
+    """(what, the tokens each sentence needs) for every language and prompt direction the alignment encodes."""
+    for lang, sentences in texts.items():
+        if encoding == "alone":
+            ids, _ = align.encode_alone(tokenizer, sentences)
+            yield f"alignment {set_name} alone, {lang} sentences", [len(i) for i in ids]
+            continue
+        for other in [pivot] if lang != pivot else [x for x in texts if x != pivot]:
+            rows = [(translation_instruction(lang, other), t, None) for t in sentences]
+            encoded = encode_examples(tokenizer, rows, sys.maxsize, add_eos=False)
+            yield (f"alignment {set_name} prompt ({lang}->{other}), {lang} sentences",
+                   [e.src_span[1] if e.src_span else len(e.input_ids) for e in encoded])
+
+
+def _too_long(problems: list[str], what: str, lengths: list[int], limit: int, limit_is: str, fix: str) -> None:
+    """Add one problem naming every item of ``what`` longer than ``limit`` tokens, with its token count."""
+    bad = [(i, n) for i, n in enumerate(lengths) if n > limit]
+    if bad:
+        items = ", ".join(f"{i} ({n} tokens)" for i, n in bad)
+        problems.append(f"{what}: {len(bad)} of {len(lengths)} items do not fit in {limit} tokens ({limit_is}): "
+                        f"{'items' if len(bad) > 1 else 'item'} {items}; to fix: {fix}")
 
 
 class _Collected:

@@ -100,7 +100,7 @@ def validate_stage(
     else:
         n_layers = _model_layers(model, problems) if model else None
     if stage in ("bootstrap", "stage1") and n_layers is not None:
-        layer = cfg.stage1.align_layer if cfg.stage1.align_layer is not None else default_align_layer(n_layers)
+        layer = cfg.stage1.align_layer_for(n_layers)
         try:
             check_align_layer(layer, n_layers)
         except ValueError as exc:
@@ -150,7 +150,7 @@ def _finish(out_dir: Path, write, result: TrainResult, record: dict[str, Any]) -
     out_dir = Path(out_dir)
     state = process_state()
     if state.is_main_process:
-        record = {**record, "steps": result.steps, "final": result.final}
+        record = {**record, "steps": result.steps, "final": result.final, "resumed_from": result.resumed_from}
         with atomic_dir(out_dir) as tmp:
             write(tmp)
             shutil.copyfile(result.log_path, tmp / TRAIN_LOG)
@@ -185,9 +185,9 @@ def _inherited_align_layer(model: str, cfg: PipelineConfig, n_layers: int | None
     if layer is not None:
         return int(layer)
     if n_layers is None:
-        return cfg.stage1.align_layer
-    layer = cfg.stage1.align_layer
-    return layer if layer is not None and 1 <= layer <= n_layers else default_align_layer(n_layers)
+        return cfg.stage1.align_layer if isinstance(cfg.stage1.align_layer, int) else None
+    layer = cfg.stage1.align_layer_for(n_layers)
+    return layer if 1 <= layer <= n_layers else default_align_layer(n_layers)
 
 
 def _model_key(model: str) -> str:

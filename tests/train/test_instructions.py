@@ -61,12 +61,13 @@ def test_spans_decode_to_the_sentences_in_padded_batches(tokenizer, mirror, padd
     assert bool(pad_rows.any())  # the padding really shifted some spans
 
 
-def test_boundary_crossing_tokens_fall_back_to_segments(qwen_style_tokenizer):
+def test_boundary_crossing_token_stays_in_context_and_in_the_span(qwen_style_tokenizer):
     tok = qwen_style_tokenizer
     whole = tok(PROMPT_TEMPLATE.format(instruction="T.", input="Ich bin da.") + "I am here.")["input_ids"]
     assert any(tok.decode([t]).startswith(".\n") for t in whole)  # "." + newlines is one token in context
     enc = encode_example(tok, "T.", "Ich bin da.", "I am here.", 512)
-    assert _decode(tok, enc.input_ids[slice(*enc.src_span)]) == "Ich bin da."
+    assert enc.input_ids[:-1] == whole  # the in-context tokenisation, never a segment-wise one
+    assert _decode(tok, enc.input_ids[slice(*enc.src_span)]) == "Ich bin da.\n\n"  # the straddling token is in
 
 
 def test_whole_text_matches_the_template(tokenizer):
