@@ -47,12 +47,18 @@ def run_data(cfg: PipelineConfig) -> Artefact:
     rows = data_stages.summary_table(filtered)
     create_table_artifact(rows, key="data-counts", description="pairs in, kept and rejected per reason, per language pair")
     for warning in filtered.meta.get("warnings", []):
-        get_run_logger().warning("language ID: %s", warning)
+        get_run_logger().warning("data: %s", warning)
     return shards
 
 
 def run_base(cfg: PipelineConfig, shards: Artefact) -> Artefact:
-    """The profile's base model (prepared from a catalogue name, GGUF, directory or hub id), else bootstrap."""
+    """The profile's base model (prepared from a catalogue name, GGUF, directory or hub id), else bootstrap.
+
+    Stops first when a language pair kept no pairs (naming it and its rejection counts): every
+    training stage after this point would fail on it, or silently train without the language.
+    """
+    if shards.meta.get("filtered"):
+        data_stages.check_pairs_kept(shards.meta["filtered"])
     if cfg.base_model:
         source_fp = base_models.source_fingerprint(cfg.base_model)
         return run_verified(train_tasks.prepare_base, source_fp, cfg)

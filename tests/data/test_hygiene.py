@@ -186,3 +186,15 @@ def test_check_pairs_kept_passes_when_every_pair_kept_some(dirty):
     report["pairs"]["en-de"]["kept"] = 0
     with pytest.raises(stages.NoPairsKeptError, match="en-de"):
         stages.check_pairs_kept(report)
+
+
+def test_the_pipeline_stops_before_the_base_model_naming_the_empty_pair(dirty, tmp_path):
+    """flows.chain.run_base refuses shards with an empty pair before bootstrap or a base model runs."""
+    from alignx.artefacts import Artefact
+    from flows import chain
+
+    cfg = dirty["cfg"].model_copy(update={"run_root": str(tmp_path / "run")})
+    shards = dirty["shards"]
+    with pytest.raises(stages.NoPairsKeptError, match=f"pair en-sw: no pairs kept of {LINES} read; rejected: {CONTROL_CHARS} {LINES}"):
+        chain.run_base(cfg, shards)
+    assert not (tmp_path / "run" / "models").exists()

@@ -124,6 +124,7 @@ def main(work: Path, mirror: Path) -> dict:
             out["artifact_keys"] = sorted({a.key for a in artifacts if a.key})
             report = next((a for a in artifacts if a.key == "alignx-report"), None)
             out["report_excerpt"] = (report.data or "")[:2000] if report else ""
+        out["crash"] = crash_then_retry(work, mirror, worker)
         return out
     finally:
         stop(worker)
@@ -132,6 +133,70 @@ def main(work: Path, mirror: Path) -> dict:
             path = logs / name
             if path.exists():
                 out.setdefault("log_tails", {})[name] = path.read_text(errors="replace")[-3000:]
+
+
+def flow_run_processes(worker: subprocess.Popen) -> list[int]:
+    """The worker's child processes that run a flow (``python -m prefect.engine``)."""
+    from alignx.watchdog import children_of
+
+    found = []
+    for pid in children_of(worker.pid):
+        try:
+            if b"prefect.engine" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def crash_then_retry(work: Path, mirror: Path, worker: subprocess.Popen) -> dict:
+    """kill -9 the process of a stage-1 deployment run after its first checkpoint, then Retry it from the API.
+
+    The killed attempt holds the stage's lock; the retry must break it, mark the dead attempt's task
+    run Crashed, resume at the checkpoint and complete.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import run_deployment
+    from prefect.states import AwaitingRetry
+
+    out: dict = {}
+    overrides = {"run_root": str(work / "run"), "data_mirror": str(mirror),
+                 "stage1.train.steps": 400, "stage1.train.checkpoint_every": 5}
+    params = {"params": {"profile": "smoke", "arm": "alignx", "overrides": overrides}}
+    run = run_deployment("stage1/alignx-stage1", parameters=params, timeout=0)
+    checkpoints = work / "run" / "models"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not list(checkpoints.glob(".alignx-stage1-*.work/checkpoint*")):
+        time.sleep(0.2)
+    victims = flow_run_processes(worker)
+    out["killed"] = len(victims)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    out["locks_after_kill"] = len(list((work / "locks").glob("*.lock")))
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not client.read_flow_run(run.id).state.is_final():
+            time.sleep(1)
+        out["killed_state"] = client.read_flow_run(run.id).state.type.value
+        retried_at = time.time()
+        client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            fr = client.read_flow_run(run.id)
+            if fr.state.is_final() and fr.run_count > 1:
+                break
+            time.sleep(2)
+        out["retry_state"] = fr.state.type.value
+        out["retry_message"] = fr.state.message or ""
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        stage1_runs = [t for t in task_runs if t.name.startswith("stage1-")]
+        out["dead_attempt_states"] = sorted(t.state.type.value for t in stage1_runs
+                                            if t.created and t.created.timestamp() < retried_at)
+    models = [p for p in checkpoints.glob("alignx-stage1-*") if (p / "alignx.json").is_file()]
+    records = [json.loads((p / "alignx.json").read_text()) for p in models]
+    out["resumed_from"] = [r.get("resumed_from") for r in records if r.get("steps") == 400]
+    return out
 
 
 if __name__ == "__main__":

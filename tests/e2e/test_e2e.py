@@ -39,3 +39,10 @@ def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     assert any(s.startswith("evaluate:") and s.endswith(":Completed") for s in states), states
     assert {"alignx-report", "data-counts"} <= set(out["artifact_keys"]), out["artifact_keys"]
     assert "xcopa" in out["report_excerpt"].lower()
+
+    crash = out["crash"]  # kill -9 of a stage-1 deployment run after a checkpoint, then Retry
+    assert crash["killed"] == 1 and crash["locks_after_kill"] >= 1, crash
+    assert crash["killed_state"] == "CRASHED", crash
+    assert crash["retry_state"] == "COMPLETED", (crash, tails)
+    assert crash["dead_attempt_states"] == ["CRASHED"], crash
+    assert len(crash["resumed_from"]) == 1 and crash["resumed_from"][0] >= 5, crash
