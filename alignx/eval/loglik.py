@@ -10,6 +10,8 @@ the context and its own earlier tokens, never a sibling) and position ids that r
 context, so each continuation is computed exactly as if it followed the context alone. Only the
 positions that predict continuation tokens go through the vocabulary projection. A model that does
 not honour custom 4D masks is caught by a self-check and scored one sequence per request instead.
+Sliding-window attention (Gemma 2/3, Mistral) ignores a custom 4D mask's distances, so a packed row
+longer than the window is scored one sequence per request too (the self-check sees only one batch).
 """
 
 from __future__ import annotations
@@ -93,6 +95,16 @@ def encode_request(tokenizer, context: str, continuation: str) -> EncodedRequest
     return encode_requests(tokenizer, [(context, continuation)])[0]
 
 
+def sliding_window(model) -> int | None:
+    """The attention window of a model with sliding-window layers (None: every layer attends fully)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None  # e.g. Qwen with use_sliding_window off: the window is configured but unused
+    return int(window) if window else None
+
+
 def model_max_length(model, tokenizer) -> int:
     """The context length lm-eval assumes: the config's, else the tokenizer's, else 2048."""
     config = getattr(model.config, "text_config", None) or model.config
@@ -117,6 +129,7 @@ class LoglikelihoodScorer:
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.window = sliding_window(model)
         self._checked = False  # the packed layout is verified against plain sequences once
 
     def score(self, requests: Sequence[Request], progress: Callable[[int], None] | None = None) -> list[Score]:
@@ -189,6 +202,8 @@ class LoglikelihoodScorer:
     # ------------------------------------------------------------ shared contexts packed into one row
     def _score_packed(self, batch: Sequence[EncodedRequest]) -> list[Score]:
         """One row per distinct context: the context, then every continuation but its last token."""
+        if self.window is not None and _packed_width(batch) > self.window:
+            return self._score_full(batch)  # a 4D mask would let tokens see past the window
         if not self._checked:
             self._checked = True
             probe = [r for r in batch if r.context == batch[0].context]
@@ -228,6 +243,14 @@ class LoglikelihoodScorer:
         ).logits
         picks = [(where[k][0], [p - first for p in where[k][1]], batch[k].continuation) for k in range(len(batch))]
         return _score_positions(logits, picks)
+
+
+def _packed_width(batch: Sequence[EncodedRequest]) -> int:
+    """The longest row ``_packed`` builds for ``batch``: a context and all its continuations but their last tokens."""
+    rows: dict[tuple[int, ...], int] = {}
+    for r in batch:
+        rows[r.context] = rows.get(r.context, len(r.context)) + len(r.continuation) - 1
+    return max(rows.values())
 
 
 def _right_padded(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

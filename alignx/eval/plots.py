@@ -27,7 +27,8 @@ def alignment_by_layer(
     curves: dict[str, dict[str, dict[str, list[float]]]], metrics: list[str], title: str, path: Path,
     marked_layer: int | None = None,
 ) -> Path:
-    """One panel per (metric, encoding), one line per arm: ``curves[arm][encoding][metric]`` per layer;
+    """One panel per (metric, encoding), one line per arm: ``curves[arm][encoding][metric]`` per layer,
+    at the hidden_states indices ``curves[arm][encoding]["layers"]`` (default 0, 1, ...);
     ``marked_layer`` (the layer the tables report) gets a dashed line."""
     encodings = sorted({e for per_arm in curves.values() for e in per_arm})
     fig = Figure(figsize=(4.2 * len(encodings), 3.0 * len(metrics)))
@@ -37,7 +38,8 @@ def alignment_by_layer(
             for arm, per_arm in curves.items():
                 values = per_arm.get(encoding, {}).get(metric)
                 if values:
-                    ax.plot(range(len(values)), values, marker="o", label=arm)
+                    layers = per_arm[encoding].get("layers") or range(len(values))
+                    ax.plot(list(layers)[:len(values)], values, marker="o", label=arm)
             if marked_layer is not None:
                 ax.axvline(marked_layer, color="grey", linestyle="--", linewidth=0.8)
             ax.xaxis.get_major_locator().set_params(integer=True)

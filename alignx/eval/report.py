@@ -71,15 +71,44 @@ class ArmEval:
                                            f"found {str(row)[:80]!r}")
                 rows[row["doc_id"]] = row
             self._items[task] = rows
-        layer = self.doc.get("alignment_layer", 0)
+        position = self.layer_position(self.doc.get("alignment_layer", 0))
         out = {}
         for doc_id, row in self._items[task].items():
             value = row.get(metric)
             if isinstance(value, list):
-                value = value[layer]
+                value = value[position] if position is not None else None
             if value is not None:
                 out[doc_id] = float(value)
         return out
+
+
+    def computed_layers(self) -> list[int] | None:
+        """The hidden_states indices of this arm's per-layer lists (None: every index, 0..n)."""
+        if "alignment_layers" in self.doc:
+            return list(self.doc["alignment_layers"])
+        for encodings in self.doc.get("alignment", {}).values():
+            for langs in encodings.values():
+                for per_layer in langs.values():
+                    if "layers" in per_layer:
+                        return list(per_layer["layers"])
+        return None
+
+    def layer_position(self, layer: int) -> int | None:
+        """Where hidden_states index ``layer`` sits in this arm's per-layer lists (None: not computed)."""
+        layers = self.computed_layers()
+        if layers is None:
+            return layer
+        return layers.index(layer) if layer in layers else None
+
+    def alignment_by_layer(self, set_name: str, encoding: str) -> dict[str, list[float]]:
+        """Per-layer means over languages: ``layers`` (hidden_states indices) and each alignment metric."""
+        langs = self.doc.get("alignment", {}).get(set_name, {}).get(encoding, {})
+        if not langs:
+            return {}
+        first = next(iter(langs.values()))
+        width = min(len(v[ALIGN_METRICS[0]]) for v in langs.values())
+        layers = list(first.get("layers", range(width)))[:width]
+        return {"layers": layers, **{m: _mean_lists([v[m] for v in langs.values()]) for m in ALIGN_METRICS}}
 
 
 @dataclass
@@ -175,6 +204,7 @@ def build_report(arms: dict[str, ArmEval], cfg: PipelineConfig, plot_files: dict
             table += [f"| {label} | " + " | ".join(c.get(label, "–") for _, c in diff_lines) + " |" for label in labels]
             sections.append("\n".join(table))
             summary += [_summary_line(treat, ref, group, *row) for row in rows_avg]
+    sections += _layer_tables(arms)
     if not comparisons:
         summary.append(f"no comparison possible: arms {sorted(arms)} lack the pairs {[f'{t}/{r}' for t, r in COMPARISONS]}")
     head = "## Summary\n" + "\n".join(f"- {line}" for line in summary)
@@ -184,6 +214,40 @@ def build_report(arms: dict[str, ArmEval], cfg: PipelineConfig, plot_files: dict
         plot_md.append("## Plots")
         plot_md += [f"![{title}]({rel})" for title, rel in plot_files.items()]
     return Report("\n\n".join(sections + plot_md) + "\n", summary, sections)
+
+
+LAYER_TABLE_METRICS = (("x2en_top1", "X→en"), ("en2x_top1", "en→X"))
+
+
+def _layer_tables(arms: dict[str, ArmEval]) -> list[str]:
+    """One table per alignment set and encoding: top-1 retrieval both ways by layer, for every arm.
+
+    Means over languages; a row per hidden_states index any arm computed, the reported layer marked.
+    """
+    out = []
+    sets = sorted({s for a in arms.values() for s in a.doc.get("alignment", {})})
+    for set_name in sets:
+        encodings = sorted({e for a in arms.values() for e in a.doc.get("alignment", {}).get(set_name, {})})
+        for encoding in encodings:
+            curves = {name: arm.alignment_by_layer(set_name, encoding) for name, arm in arms.items()}
+            curves = {name: c for name, c in curves.items() if c}
+            if not curves:
+                continue
+            reported = {a.doc.get("alignment_layer") for a in arms.values()}
+            layers = sorted({k for c in curves.values() for k in c["layers"]})
+            header = "| layer | " + " | ".join(f"{name} {label}" for name in curves for _, label in LAYER_TABLE_METRICS) + " |"
+            lines = [f"## Alignment by layer: {set_name}, {encoding}",
+                     "Top-1 retrieval (mean over languages) at each hidden_states index; * the layer the tables report.",
+                     header, "|---" * (1 + len(curves) * len(LAYER_TABLE_METRICS)) + "|"]
+            for layer in layers:
+                cells = []
+                for curve in curves.values():
+                    at = curve["layers"].index(layer) if layer in curve["layers"] else None
+                    cells += [_fmt(m, None if at is None else curve[m][at]) for m, _ in LAYER_TABLE_METRICS]
+                label = f"{layer} *" if layer in reported else str(layer)
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            out.append("\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]))
+    return out
 
 
 def _summary_line(treat: str, ref: str, group: str, metric: str, d: float, lo: float, hi: float, n: int) -> str:
@@ -204,10 +268,7 @@ def _plots(arms: dict[str, ArmEval], cfg: PipelineConfig, curves: dict[str, Path
         per_arm = {}
         for name, arm in arms.items():
             encodings = arm.doc.get("alignment", {}).get(set_name, {})
-            per_arm[name] = {
-                enc: {m: _mean_lists([v[m] for v in langs.values()]) for m in ALIGN_METRICS}
-                for enc, langs in encodings.items() if langs
-            }
+            per_arm[name] = {enc: arm.alignment_by_layer(set_name, enc) for enc, langs in encodings.items() if langs}
         rel = f"plots/alignment_{set_name}.png"
         layer = next((a.doc.get("alignment_layer") for a in arms.values() if "alignment_layer" in a.doc), None)
         plots.alignment_by_layer(per_arm, ALIGN_METRICS, f"{set_name}: alignment by layer (mean over languages)",

@@ -70,11 +70,12 @@ def evaluate_model(model_path: str, cfg: PipelineConfig, out_dir: Path, progress
     model, tokenizer = load_model(model_path, cfg.eval.device)
     n_layers = int(model.config.get_text_config().num_hidden_layers)
     layer = report_layer(cfg, n_layers)
+    layers = align.resolve_layers(cfg.eval.alignment.layers, n_layers, layer)  # a bad list fails before any work
     check_prompt_lengths(plan, tokenizer, cfg, model_max_length(model, tokenizer))
     tracker = _Tracker(progress, plan.total(cfg.eval.alignment.encodings if plan.alignment else []))
     run = _Collected()
     _run_tasks(plan, model, tokenizer, cfg, tracker, run)
-    alignment = _run_alignment(plan, model, tokenizer, cfg, layer, tracker, run)
+    alignment = _run_alignment(plan, model, tokenizer, cfg, layer, layers, tracker, run)
     tracker.close()
     metrics_doc = {
         "results": run.results,
@@ -83,6 +84,7 @@ def evaluate_model(model_path: str, cfg: PipelineConfig, out_dir: Path, progress
         "n-samples": {task: len(rows) for task, rows in run.items.items()},
         "alignment": alignment,
         "alignment_layer": layer,
+        "alignment_layers": layers,
         "num_layers": n_layers,
         "config": {"eval": cfg.eval.model_dump(mode="json"), "languages": cfg.languages, "pivot": cfg.pivot},
         "model": {"path": str(model_path), "fingerprint": getattr(read_marker(Path(model_path)), "fingerprint", None)},
@@ -186,21 +188,22 @@ def _run_tasks(plan: EvalPlan, model, tokenizer, cfg: PipelineConfig, tracker: "
         log.info("%s: %s (%.1fs)", unit.task, metrics, run.seconds[unit.task])
 
 
-def _run_alignment(plan: EvalPlan, model, tokenizer, cfg: PipelineConfig, layer: int, tracker: "_Tracker",
-                   run: _Collected) -> dict[str, Any]:
-    """Alignment per set and encoding; per-layer means are returned, the report layer goes to results."""
+def _run_alignment(plan: EvalPlan, model, tokenizer, cfg: PipelineConfig, layer: int, layers: list[int],
+                   tracker: "_Tracker", run: _Collected) -> dict[str, Any]:
+    """Alignment per set and encoding at ``layers`` (the forward pass stops after the deepest);
+    per-layer means are returned, the report layer goes to results."""
     per_layer: dict[str, Any] = {}
     for set_name, texts in plan.alignment.items():
         for encoding in cfg.eval.alignment.encodings:
             task = f"align_{set_name}_{encoding}"
             start = time.perf_counter()
             scores = align.evaluate_alignment(model, tokenizer, texts, cfg.pivot, encoding, cfg.eval.batch_size,
-                                              tracker.step(task))
+                                              tracker.step(task), layers=layers)
             per_layer.setdefault(set_name, {})[encoding] = {lang: s.by_layer() for lang, s in scores.items()}
             for lang, s in scores.items():
                 rows = [{"doc_id": i, **{m: getattr(s, m)[:, i].tolist() for m in align.METRICS}}
                         for i in range(s.x2en_top1.shape[1])]
-                metrics = {m: float(getattr(s, m)[layer].mean()) for m in align.METRICS}
+                metrics = {m: float(getattr(s, m)[s.row(layer)].mean()) for m in align.METRICS}
                 run.add(f"{task}_{lang}", task, lang, metrics, rows, time.perf_counter() - start)
     return per_layer
 

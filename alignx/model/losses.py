@@ -17,14 +17,16 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
     A batch without any target token (every response cut by the length limit under a masked prompt)
     gives 0 with the graph kept, not NaN.
+
+    The labels are shifted, not the logits: position t predicts token t + 1 and the last position
+    nothing (-100). Slicing ``logits[:, :-1]`` would make the flattening copy the whole [B, T, vocab]
+    tensor (and its gradient) once more, which doubled the loss's time at a 128k vocabulary on CPU.
     """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     total = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="sum",
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum",
     )
-    return total / (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def span_mean(hidden: Tensor, spans: Tensor, shift: int = 0) -> Tensor:
