@@ -190,7 +190,6 @@ def test_check_pairs_kept_passes_when_every_pair_kept_some(dirty):
 
 def test_the_pipeline_stops_before_the_base_model_naming_the_empty_pair(dirty, tmp_path):
     """flows.chain.run_base refuses shards with an empty pair before bootstrap or a base model runs."""
-    from alignx.artefacts import Artefact
     from flows import chain
 
     cfg = dirty["cfg"].model_copy(update={"run_root": str(tmp_path / "run")})

@@ -84,7 +84,6 @@ def main(work: Path, mirror: Path) -> dict:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
         from prefect.deployments import run_deployment
-        from prefect.states import AwaitingRetry
 
         with get_client(sync_client=True) as client:
             deployments = client.read_deployments()
@@ -107,13 +106,7 @@ def main(work: Path, mirror: Path) -> dict:
         bench.write_bytes(saved)
         retried_at = time.time()
         with get_client(sync_client=True) as client:
-            client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
-            deadline = time.monotonic() + 900
-            while time.monotonic() < deadline:
-                fr = client.read_flow_run(run.id)
-                if fr.state.is_final() and fr.run_count > 1:
-                    break
-                time.sleep(2)
+            fr = retry_and_wait(client, run.id, 900)
             out["retry_state"] = fr.state.type.value
             out["retry_message"] = fr.state.message or ""
             out["run_count"] = fr.run_count
@@ -133,6 +126,20 @@ def main(work: Path, mirror: Path) -> dict:
             path = logs / name
             if path.exists():
                 out.setdefault("log_tails", {})[name] = path.read_text(errors="replace")[-3000:]
+
+
+def retry_and_wait(client, run_id, timeout: float):
+    """What the UI's Retry does (AwaitingRetry, forced); wait until the retried run ends. Returns the flow run."""
+    from prefect.states import AwaitingRetry
+
+    client.set_flow_run_state(run_id, AwaitingRetry(), force=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fr = client.read_flow_run(run_id)
+        if fr.state.is_final() and fr.run_count > 1:
+            break
+        time.sleep(2)
+    return fr
 
 
 def flow_run_processes(worker: subprocess.Popen) -> list[int]:
@@ -158,7 +165,6 @@ def crash_then_retry(work: Path, mirror: Path, worker: subprocess.Popen) -> dict
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.deployments import run_deployment
-    from prefect.states import AwaitingRetry
 
     out: dict = {}
     overrides = {"run_root": str(work / "run"), "data_mirror": str(mirror),
@@ -180,13 +186,7 @@ def crash_then_retry(work: Path, mirror: Path, worker: subprocess.Popen) -> dict
             time.sleep(1)
         out["killed_state"] = client.read_flow_run(run.id).state.type.value
         retried_at = time.time()
-        client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            fr = client.read_flow_run(run.id)
-            if fr.state.is_final() and fr.run_count > 1:
-                break
-            time.sleep(2)
+        fr = retry_and_wait(client, run.id, 600)
         out["retry_state"] = fr.state.type.value
         out["retry_message"] = fr.state.message or ""
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))

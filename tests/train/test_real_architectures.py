@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from alignx.model.alignx_model import AlignXModel, position_ids_from_mask
 from alignx.model.losses import span_mean
 from alignx.train import stages
 from alignx.train.checkpoint import read_log
+from tests.eval.test_alignment import lm_head_forbidden
 from tests.train.real_arch import FAMILIES, Family, build_base
 from tests.train.tiny import LANGS
 
@@ -105,16 +105,6 @@ def _batch_examples(shards: Path, tokenizer, n: int = 4):
     return picked
 
 
-@contextmanager
-def lm_head_forbidden(model):
-    def refuse(*_):
-        raise AssertionError("the LM head was called")
-
-    handle = model.get_output_embeddings().register_forward_hook(refuse)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 # ---------------------------------------------------------------- training
