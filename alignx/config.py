@@ -288,6 +288,10 @@ class PipelineConfig(Section):
     eval: EvalConfig = EvalConfig()
     arms: list[Literal["base", "sft", "control", "alignx"]] = list(ARMS)
     dispatch: Literal["local", "deployments"] = "local"
+    # How many arm chains (an arm's training stages, then its evaluations) run at once; 1: one after
+    # another. More is for stages that a gpu concurrency limit or the GPU pool's workers bound: on one
+    # CPU or device, in-process stages would otherwise share it (and its global RNG) by surprise.
+    parallel_stages: int = Field(1, ge=1)
 
     _check_pivot = field_validator("pivot")(check_language_codes)
     _check_languages = field_validator("languages")(check_language_codes)

@@ -3,6 +3,8 @@
 Each function calls cached tasks and verifies what they return, so a stage rerun alone finds its
 upstream artefacts as cache hits. With ``dispatch: deployments`` heavy stages run as child flow runs
 of their own deployments (on the GPU pool) and their artefact records come back through the run root.
+The arms are independent: each arm's chain is one ``arm-chain`` task, and ``run_bounded`` runs them as
+Prefect futures, ``parallel_stages`` at a time.
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import Task, task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
+from prefect.futures import wait
 from prefect.logging import get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.transactions import CommitMode, transaction
+from pydantic import BaseModel
 
 from alignx.artefacts import Artefact, atomic_write_text, verify_artefact
 from alignx.config import PipelineConfig
@@ -92,6 +99,60 @@ def train_arm(cfg: PipelineConfig, arm: str, base: Artefact, shards: Artefact) -
     if not cfg.stage2.enabled:
         return {"stage1": s1, "final": s1}
     return {"stage1": s1, "final": run_stage2(cfg, s1, shards, arm)}
+
+
+def evaluate_arm(cfg: PipelineConfig, arm: str, models: dict[str, Artefact]) -> dict[str, Artefact]:
+    """Evaluations of one arm: its final checkpoint, and its stage-1 one when ``eval.include_stage1``."""
+    evals = {arm: run_evaluate(cfg, models["final"], arm)}
+    if "stage1" in models and cfg.eval.include_stage1 and models["stage1"] is not models["final"]:
+        evals[f"{arm}-stage1"] = run_evaluate(cfg, models["stage1"], f"{arm}-stage1")
+    return evals
+
+
+# ---------------------------------------------------------------- arms run concurrently
+class ArmRun(BaseModel):
+    """What one arm's chain produced: its checkpoints by stage, and its evaluations by name."""
+
+    models: dict[str, Artefact]
+    evals: dict[str, Artefact] = {}
+
+
+# No tags and no cache of its own: the stages it calls carry the ``gpu`` tag and their own cache keys,
+# so a slot is held only while a stage trains or evaluates, and a rerun re-verifies every artefact.
+@task(name="arm-chain", task_run_name="arm-chain-{arm}", cache_policy=NO_CACHE, retries=0)
+def arm_chain(cfg: PipelineConfig, arm: str, base: Artefact, shards: Artefact, through: str) -> ArmRun:
+    """One arm's stages in order, up to ``through`` (stage1, stage2 or evaluate): train, then evaluate."""
+    # A task called from a task joins its caller's transaction and is committed (cached) only with it:
+    # an eager transaction commits each stage as it completes, so a failed evaluation never rolls
+    # back the training before it, and a retry finds those stages cached.
+    with transaction(commit_mode=CommitMode.EAGER):
+        if through == "stage1":
+            return ArmRun(models={"stage1": run_stage1(cfg, base, shards, arm)})
+        models = train_arm(cfg, arm, base, shards)
+        if through != "evaluate":
+            return ArmRun(models=models)
+        return ArmRun(models=models, evals=evaluate_arm(cfg, arm, models))
+
+
+def run_arm_chains(cfg: PipelineConfig, arms: list[str], base: Artefact, shards: Artefact,
+                   through: str) -> dict[str, ArmRun]:
+    """Every arm's chain, ``cfg.parallel_stages`` at a time; results by arm, in the order given."""
+    calls = [{"cfg": cfg, "arm": arm, "base": base, "shards": shards, "through": through} for arm in arms]
+    return dict(zip(arms, run_bounded(arm_chain, calls, cfg.parallel_stages)))
+
+
+def run_bounded(task_: Task[..., Any], calls: list[dict[str, Any]], limit: int) -> list[Any]:
+    """Run ``task_`` once per parameter dict as Prefect futures, at most ``limit`` at once; results in order.
+
+    ``limit`` only caps this flow's own threads: the ``gpu`` tag concurrency limit (``alignx deploy``)
+    and, under ``dispatch: deployments``, the GPU pool's workers bound the stages across every run.
+    Every call runs to its end even when another fails, so one failed evaluation does not abandon
+    another arm's training; then the first failure (in ``calls`` order) is raised.
+    """
+    with ThreadPoolTaskRunner(max_workers=limit) as runner:
+        futures = [runner.submit(task_, params) for params in calls]
+        wait(futures)
+        return [future.result() for future in futures]
 
 
 # ---------------------------------------------------------------- dispatch to deployments

@@ -2,7 +2,8 @@
 
 Arms: base, SFT-only (stage 2 from base), control (stage 1 with both lambdas 0, then stage 2) and
 AlignX. Each arm's stages are their own cached tasks, so adding an arm never retrains the others, and
-retrying a failed run re-runs only the stages that did not complete.
+retrying a failed run re-runs only the stages that did not complete. The arms' chains run concurrently
+(``parallel_stages`` at a time), so two GPU workers train the control and AlignX together.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
-from alignx.artefacts import Artefact
 from flows import chain
 from flows.params import PipelineParams
 from tasks import evaluate as eval_tasks
+from tasks.caching import run_verified
 
 ORDER = ("data", "bootstrap", "stage1", "stage2", "evaluate")
 
@@ -38,22 +39,18 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     if stop < ORDER.index("stage1"):
         return result
 
-    models: dict[str, dict[str, Artefact]] = {}
-    for arm in cfg.arms:
-        if stop < ORDER.index("stage2") and arm in ("alignx", "control"):
-            models[arm] = {"stage1": chain.run_stage1(cfg, base, shards, arm)}
-        elif stop >= ORDER.index("stage2"):
-            models[arm] = chain.train_arm(cfg, arm, base, shards)
+    # The arms are independent: each runs its chain (stage 1 -> stage 2 -> evaluations) as a future,
+    # cfg.parallel_stages at a time; the gpu concurrency limit and the GPU pool bound the stages.
+    through = ORDER[stop]
+    arms = [arm for arm in cfg.arms if through != "stage1" or arm in ("alignx", "control")]
+    arm_runs = chain.run_arm_chains(cfg, arms, base, shards, through)
+    models = {arm: run.models for arm, run in arm_runs.items()}
     result["models"] = {arm: {k: v.path for k, v in m.items()} for arm, m in models.items()}
     if stop < ORDER.index("evaluate"):
         return result
 
-    evals: dict[str, Artefact] = {}
-    for arm, stages in models.items():
-        evals[arm] = chain.run_evaluate(cfg, stages["final"], arm)
-        if "stage1" in stages and cfg.eval.include_stage1 and stages["stage1"] is not stages["final"]:
-            evals[f"{arm}-stage1"] = chain.run_evaluate(cfg, stages["stage1"], f"{arm}-stage1")
-    report = eval_tasks.write_report(evals, chain.curves_of(models), cfg)
+    evals = {name: record for run in arm_runs.values() for name, record in run.evals.items()}
+    report = run_verified(eval_tasks.write_report, evals, chain.curves_of(models), cfg)
     create_markdown_artifact(report.meta.get("markdown", ""), key="alignx-report",
                              description=f"AlignX report, profile {cfg.name}")
     summary = report.meta.get("summary", [])

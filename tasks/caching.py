@@ -1,7 +1,8 @@
 """Cache keys, retry rules and cache verification shared by every AlignX task.
 
 A task's cache key is its own source + a hash of the library code it runs + the config sections it
-reads + the fingerprints of its input artefacts (never a pickle of data, never INPUTS alone).
+reads + the content of the files those sections name + the fingerprints of its input artefacts (never
+a pickle of data, never INPUTS alone).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.transactions import IsolationLevel
 
-from alignx.artefacts import Artefact, verify_artefact
+from alignx.artefacts import Artefact, file_digest, verify_artefact
 from alignx.config import REPO_ROOT, PipelineConfig, fingerprint
 from tasks.locks import HolderAwareLockManager
 
@@ -53,12 +54,42 @@ def config_part(cfg: PipelineConfig, dotted: str) -> Any:
     return node.model_dump(mode="json") if hasattr(node, "model_dump") else node
 
 
+# Config fields that name files a stage reads: a file can change under the same path, so a section
+# holding one is keyed on the files' contents too (benchmark files: runner.benchmark_fingerprint).
+FILE_FIELDS: dict[str, Callable[[PipelineConfig], list[str | None]]] = {
+    "data.langid.model_path": lambda cfg: [cfg.data.langid.model_path],
+    "stage2.general": lambda cfg: [source.path for source in cfg.stage2.general],  # None: a hub entry
+}
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def _content(path: str | None) -> str | None:
+    """A file's content digest (memoised on path, size and mtime); a missing file enters by name."""
+    if path is None or not Path(path).is_file():
+        return path
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _digest_cache:
+        _digest_cache[key] = file_digest(Path(path))
+    return _digest_cache[key]
+
+
+def file_fingerprints(cfg: PipelineConfig, sections: Iterable[str]) -> dict[str, list[str | None]]:
+    """Content digests of the files named by ``FILE_FIELDS`` inside the given config sections."""
+    sections = tuple(sections)
+    return {name: [_content(path) for path in paths(cfg)] for name, paths in FILE_FIELDS.items()
+            if any(name == s or name.startswith(f"{s}.") for s in sections)}
+
+
 def _param_part(value: Any, sections: tuple[str, ...]) -> Any:
     if isinstance(value, Artefact):
         return value.fingerprint
     if isinstance(value, PipelineConfig):
         parts = {s: config_part(value, s) for s in sections}
         parts["run_root"] = str(value.resolved_run_root())
+        files = file_fingerprints(value, sections)
+        if files:  # only where a section names files: other tasks keep their keys
+            parts["files"] = files
         return parts
     if isinstance(value, (list, tuple)):
         return [_param_part(v, sections) for v in value]
@@ -70,7 +101,8 @@ def _param_part(value: Any, sections: tuple[str, ...]) -> Any:
 
 
 def stage_cache(sections: Iterable[str], code: Iterable[str]) -> CacheKeyFnPolicy:
-    """A cache policy keyed on task source + library code + config sections + input fingerprints.
+    """A cache policy keyed on task source + library code + config sections (and the content of the
+    files they name) + input fingerprints.
 
     SERIALIZABLE isolation with a file lock manager: two runs computing the same key wait for each
     other instead of writing the same artefact twice, and a lock whose holder died is broken.

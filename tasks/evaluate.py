@@ -16,9 +16,12 @@ EVAL_CODE = ("alignx/eval", "alignx/data/instructions.py", "alignx/mirror.py")
 _RETRY = dict(retries=1, retry_delay_seconds=[10], retry_condition_fn=retry_transient)
 
 
-# Besides eval, the evaluation reads the align layer (the report's default layer) and the LID config
-# (off-target rates): both are part of its key, so a changed layer never returns a stale measurement.
-EVAL_SECTIONS = ["eval", "languages", "pivot", "data_mirror", "stage1.align_layer", "data.langid"]
+# Besides eval, the evaluation reads the align layer (the report's default layer), the LID config
+# (off-target rates; its model file by content) and data.sources (alignment on a set the run trains on
+# is refused): all are part of its key, so a changed layer never returns a stale measurement.
+EVAL_SECTIONS = ["eval", "languages", "pivot", "data_mirror", "stage1.align_layer", "data.langid", "data.sources"]
+# The report reads only these (its inputs are the evaluations).
+REPORT_SECTIONS = ["name", "eval.benchmarks", "eval.bootstrap_resamples", "eval.bootstrap_seed"]
 
 
 @task(name="evaluate", cache_policy=stage_cache(EVAL_SECTIONS, EVAL_CODE),
@@ -29,7 +32,7 @@ def evaluate(model: Artefact, benchmark_fingerprint: str, cfg: PipelineConfig, n
     return runner.evaluate_model(model.path, cfg, out, progress=ProgressReporter(f"evaluate-{name}", f"evaluate {name}"))
 
 
-@task(name="report", cache_policy=stage_cache(["eval", "languages"], EVAL_CODE), persist_result=True, **_RETRY)
+@task(name="report", cache_policy=stage_cache(REPORT_SECTIONS, EVAL_CODE), persist_result=True, **_RETRY)
 def write_report(evals: dict[str, Artefact], curves: dict[str, str], cfg: PipelineConfig) -> Artefact:
     """The comparison report (Markdown + plots) over every evaluated arm."""
     out = cfg.resolved_run_root() / "report" / fingerprint({k: v.fingerprint for k, v in sorted(evals.items())}, cfg.eval)

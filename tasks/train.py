@@ -16,11 +16,12 @@ from alignx.artefacts import Artefact
 from alignx.config import PipelineConfig, fingerprint
 from alignx.model import base_models
 from alignx.train import stages
-from tasks.caching import retry_transient, stage_cache
+from tasks.caching import file_fingerprints, retry_transient, stage_cache
 from tasks.observe import ProgressReporter
 
 TRAIN_CODE = ("alignx/data", "alignx/model", "alignx/train")
 _RETRY = dict(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
+STAGE2_SECTIONS = ["stage2", "languages", "pivot", "stage1.align_layer"]  # stage2.general: by file content too
 
 
 def _with_oom_fallback(run: Callable[[PipelineConfig], Artefact], cfg: PipelineConfig, section: str) -> Artefact:
@@ -52,7 +53,9 @@ def prepare_base(source_fp: str, cfg: PipelineConfig) -> Artefact:
                                           progress=ProgressReporter("base-model", "base model"))
 
 
-@task(name="bootstrap", cache_policy=stage_cache(["bootstrap", "languages", "pivot"], TRAIN_CODE),
+# Bootstrap checks stage1.align_layer against the model it builds and records it for later stages;
+# stage 2 records it too when its input model has none (a given base model): both are keyed on it.
+@task(name="bootstrap", cache_policy=stage_cache(["bootstrap", "languages", "pivot", "stage1.align_layer"], TRAIN_CODE),
       persist_result=True, tags=["gpu"], **_RETRY)
 def bootstrap(shards: Artefact, cfg: PipelineConfig) -> Artefact:
     """Train the offline base model (SentencePiece tokenizer + small Llama) on the train shards."""
@@ -74,11 +77,12 @@ def stage1(base: Artefact, shards: Artefact, cfg: PipelineConfig, control: bool 
         cfg, "stage1")
 
 
-@task(name="stage2", cache_policy=stage_cache(["stage2", "languages", "pivot"], TRAIN_CODE),
+@task(name="stage2", cache_policy=stage_cache(STAGE2_SECTIONS, TRAIN_CODE),
       persist_result=True, tags=["gpu"], **_RETRY)
 def stage2(model: Artefact, shards: Artefact, cfg: PipelineConfig, arm: str) -> Artefact:
     """Stage-2 instruction fine-tuning from ``model`` (the stage-1 checkpoint, or base for SFT-only)."""
-    out = model_dir(cfg, f"{arm}-stage2", model.fingerprint, shards.fingerprint, cfg.stage2)
+    out = model_dir(cfg, f"{arm}-stage2", model.fingerprint, shards.fingerprint, cfg.stage2,
+                    file_fingerprints(cfg, STAGE2_SECTIONS))  # a changed instruction file: a new model
     return _with_oom_fallback(
         lambda c: stages.train_stage2(model.path, Path(shards.path), c, out,
                                       progress=ProgressReporter(f"stage2-{arm}", f"stage 2 ({arm})")),
