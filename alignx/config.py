@@ -315,7 +315,8 @@ class PipelineConfig(Section):
         layer, depth = self.stage1.align_layer, self.bootstrap.model.num_layers
         if self.base_model is None and isinstance(layer, int) and not 1 <= layer <= depth:
             raise ValueError(f"stage1.align_layer={layer} is out of range for the bootstrap model, which has "
-                             f"{depth} layers (bootstrap.model.num_layers): give 1..{depth} or 'middle'")
+                             f"{depth} layers (bootstrap.model.num_layers): give 1..{depth} or 'middle', or set base_model "
+                             f"to the pretrained model this layer belongs to")
         return self
 
     @model_validator(mode="after")
