@@ -27,8 +27,10 @@ demo: $(STAMP)
 science: $(STAMP)
 	$(VENV)/bin/alignx pipeline --profile science
 
+# Two test processes, one thread each (two torch threads per process on two cores thrash); a module
+# stays in one process, so its fixtures (a shared run root, a Prefect test server) are built once.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q --timeout=1500 tests
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q --timeout=1500 -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(PY) bench/data_throughput.py --pairs 200000

@@ -5,15 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.train.shards import tatoeba_pairs, write_shards
 from tests.train.tiny import LANGS, byte_level_tokenizer, save_model, sentencepiece_tokenizer, tiny_causal_lm
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _threads():
-    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
