@@ -209,8 +209,13 @@ class HolderAwareLockManager(FileSystemLockManager):
         return await anyio.to_thread.run_sync(self.acquire_lock, key, holder, acquire_timeout, hold_timeout)
 
     def release_lock(self, key: str, holder: str) -> None:
+        """Release our lock; releasing one that is already gone is a no-op (an eager transaction's
+        parent commits its children a second time), releasing another holder's lock an error."""
         with self._mutex:
             self._held.pop(key, None)
+        if self._read_record(self._lock_path_for_key(key)) is None:
+            self._locks.pop(key, None)
+            return
         super().release_lock(key, holder)
 
     # ------------------------------------------------------------ waiting

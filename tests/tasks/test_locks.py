@@ -189,3 +189,13 @@ def test_cached_task_breaks_a_dead_attempts_lock_and_marks_it_crashed(tmp_path):
     with get_client(sync_client=True) as client:
         state = client.read_task_run(UUID(victim)).state
     assert state.type.value == "CRASHED" and "lock" in (state.message or "")
+
+
+def test_releasing_twice_is_harmless_but_not_someone_elses(tmp_path):
+    manager = HolderAwareLockManager(tmp_path)
+    assert manager.acquire_lock("k", holder="me")
+    manager.release_lock("k", holder="me")
+    manager.release_lock("k", holder="me")  # a parent transaction committing its child again
+    assert manager.acquire_lock("k", holder="other")
+    with pytest.raises(ValueError, match="No lock held by me"):
+        manager.release_lock("k", holder="me")
