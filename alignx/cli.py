@@ -219,6 +219,14 @@ def _failure_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "profile", None) is not None:
+        from alignx.config import load_profile
+
+        try:  # every config problem, the model's depth against align_layer included, before any work
+            load_profile(args.profile, _overrides(args.set))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     _prefect_env()
     log_file = LOG_DIR / f"alignx-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     if args.command in _RUNS_FLOWS:

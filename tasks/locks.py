@@ -54,7 +54,7 @@ def _current_runs() -> dict[str, str | None]:
 
 
 def mark_crashed(record: dict[str, Any], reason: str) -> None:
-    """Set the dead holder's task run (and its flow run, if still running) to Crashed; best effort."""
+    """Set the dead holder's task run (and its flow run, if still running and not ours) to Crashed; best effort."""
     if not record.get("task_run_id") and not record.get("flow_run_id"):
         return
     try:
@@ -68,7 +68,8 @@ def mark_crashed(record: dict[str, Any], reason: str) -> None:
                 run = client.read_task_run(UUID(record["task_run_id"]))
                 if run.state is None or not run.state.is_final():
                     client.set_task_run_state(run.id, Crashed(message=reason), force=True)
-            if record.get("flow_run_id"):
+            # a retried flow run keeps its id: never crash the run that is breaking the lock
+            if record.get("flow_run_id") and record["flow_run_id"] != _current_runs()["flow_run_id"]:
                 flow_run = client.read_flow_run(UUID(record["flow_run_id"]))
                 if flow_run.state is not None and flow_run.state.is_running():
                     client.set_flow_run_state(flow_run.id, Crashed(message=reason), force=True)

@@ -157,7 +157,7 @@ def flow_run_processes(worker: subprocess.Popen) -> list[int]:
 
 
 def crash_then_retry(work: Path, mirror: Path, worker: subprocess.Popen) -> dict:
-    """kill -9 the process of a stage-1 deployment run after its first checkpoint, then Retry it from the API.
+    """kill -9 a pipeline deployment run in stage 1 after its first checkpoint, then Retry it from the API.
 
     The killed attempt holds the stage's lock; the retry must break it, mark the dead attempt's task
     run Crashed, resume at the checkpoint and complete.
@@ -169,8 +169,8 @@ def crash_then_retry(work: Path, mirror: Path, worker: subprocess.Popen) -> dict
     out: dict = {}
     overrides = {"run_root": str(work / "run"), "data_mirror": str(mirror),
                  "stage1.train.steps": 400, "stage1.train.checkpoint_every": 5}
-    params = {"params": {"profile": "smoke", "arm": "alignx", "overrides": overrides}}
-    run = run_deployment("stage1/alignx-stage1", parameters=params, timeout=0)
+    params = {"params": {"profile": "smoke", "arms": ["alignx"], "stop_after": "stage1", "overrides": overrides}}
+    run = run_deployment("pipeline/alignx-pipeline", parameters=params, timeout=0)
     checkpoints = work / "run" / "models"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not list(checkpoints.glob(".alignx-stage1-*.work/checkpoint*")):
@@ -185,6 +185,7 @@ def crash_then_retry(work: Path, mirror: Path, worker: subprocess.Popen) -> dict
         while time.monotonic() < deadline and not client.read_flow_run(run.id).state.is_final():
             time.sleep(1)
         out["killed_state"] = client.read_flow_run(run.id).state.type.value
+        time.sleep(20)  # the runner, then the worker, report the crash: a Retry between the two is overwritten
         retried_at = time.time()
         fr = retry_and_wait(client, run.id, 600)
         out["retry_state"] = fr.state.type.value
