@@ -40,7 +40,7 @@ def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     assert {"alignx-report", "data-counts"} <= set(out["artifact_keys"]), out["artifact_keys"]
     assert "xcopa" in out["report_excerpt"].lower()
 
-    crash = out["crash"]  # kill -9 of a stage-1 deployment run after a checkpoint, then Retry
+    crash = out["crash"]  # kill -9 of a pipeline run in stage 1 after a checkpoint, then Retry
     assert crash["killed"] == 1 and crash["locks_after_kill"] >= 1, crash
     assert crash["killed_state"] == "CRASHED", crash
     assert crash["retry_state"] == "COMPLETED", (crash, tails)
