@@ -333,6 +333,16 @@ class PipelineConfig(Section):
                              f"which has {depth} layers: give 1..{depth} or 'middle'")
         return self
 
+    def for_control(self) -> "PipelineConfig":
+        """This config as the control arm's stage 1 reads it: both lambdas 0 and the default tau.
+
+        The control trains L_lm alone, so the alignment losses' settings cannot change it: normalising
+        them keeps one control checkpoint (one cache key) across a sweep of lambda_ctr, lambda_lam or tau.
+        """
+        s1 = self.stage1.model_copy(update={"lambda_ctr": 0.0, "lambda_lam": 0.0,
+                                            "tau": Stage1Config.model_fields["tau"].default})
+        return self.model_copy(update={"stage1": s1})
+
     def resolved_run_root(self) -> Path:
         root = Path(self.run_root) if self.run_root else Path("data") / "runs" / self.name
         return root if root.is_absolute() else REPO_ROOT / root

@@ -74,8 +74,9 @@ def run_base(cfg: PipelineConfig, shards: Artefact) -> Artefact:
 
 def run_stage1(cfg: PipelineConfig, base: Artefact, shards: Artefact, arm: str) -> Artefact:
     control = arm == "control"
+    stage_cfg = cfg.for_control() if control else cfg  # one control across a sweep of the loss weights
     return dispatch_or_run(cfg, "stage1", {"base": base, "shards": shards}, lambda: run_verified(
-        train_tasks.stage1, base, shards, cfg, control=control), arm=arm)
+        train_tasks.stage1, base, shards, stage_cfg, control=control), arm=arm)
 
 
 def run_stage2(cfg: PipelineConfig, start: Artefact, shards: Artefact, arm: str) -> Artefact:

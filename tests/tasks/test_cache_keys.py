@@ -193,3 +193,15 @@ def test_two_tasks_with_equal_inputs_have_different_keys(cfg):
     """INPUTS alone collides across tasks: the task's own name and source are part of every key."""
     shards = _art("shards")
     assert key("bootstrap", cfg, shards=shards) != key("stage1", cfg, shards=shards)
+
+
+def test_control_stage1_key_ignores_the_alignment_loss_settings(cfg):
+    """The control trains L_lm alone: a sweep of lambda_ctr, lambda_lam or tau reuses one control,
+    while the AlignX arm's key follows each of them (and the control's still follows its training)."""
+    control_key = key("stage1", cfg.for_control(), control=True)
+    for dotted, value in [("stage1.lambda_ctr", 1.0), ("stage1.lambda_lam", 0.0), ("stage1.tau", 0.05)]:
+        swept = with_value(cfg, dotted, value)
+        assert key("stage1", swept.for_control(), control=True) == control_key, dotted
+        assert key("stage1", swept) != key("stage1", cfg), dotted
+    assert key("stage1", with_value(cfg, "stage1.train.lr", 1e-4).for_control(), control=True) != control_key
+    assert cfg.for_control().stage1.lambda_ctr == 0.0 and cfg.for_control().stage1.lambda_lam == 0.0
