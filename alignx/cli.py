@@ -113,18 +113,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
-POOLS = ("alignx-cpu", "alignx-gpu")
-
-
 def cmd_deploy(args: argparse.Namespace) -> int:
-    """Create the work pools and the ``gpu`` task concurrency limit, then register every deployment."""
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    env = {**os.environ, "ALIGNX_REPO": str(REPO_ROOT)}
-    for pool in POOLS:
-        subprocess.run([prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"],
-                       cwd=REPO_ROOT, env=env, check=True)
-    subprocess.run([prefect, "concurrency-limit", "create", "gpu", str(args.gpu_slots)], cwd=REPO_ROOT, env=env, check=True)
-    return subprocess.call([prefect, "--no-prompt", "deploy", "--all"], cwd=REPO_ROOT, env=env)
+    """Create the work pools and the ``gpu`` task concurrency limit, then register every deployment
+    (a schedule a user switched on or off keeps that state across redeploys)."""
+    from flows.deploy import deploy
+
+    return deploy(args.gpu_slots)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

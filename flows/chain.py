@@ -196,12 +196,21 @@ def result_record_path(cfg: PipelineConfig, flow_run_id: str) -> Path:
     return cfg.resolved_run_root() / "runs" / f"{flow_run_id}.json"
 
 
-def publish_result(cfg: PipelineConfig, record: Artefact) -> None:
-    """Write a stage flow's result where a dispatching parent finds it (shared run root)."""
+def publish_result(cfg: PipelineConfig, record: Artefact, stage: str, arm: str | None = None) -> None:
+    """Write a stage flow's result where a dispatching parent finds it (shared run root), and show it in
+    the UI: a ``<stage>-<arm>-output`` artifact says where the checkpoint (or shards, or metrics) went."""
     from prefect.runtime import flow_run
 
-    if flow_run.id:
-        atomic_write_text(result_record_path(cfg, str(flow_run.id)), record.model_dump_json(indent=2))
+    if not flow_run.id:
+        return
+    atomic_write_text(result_record_path(cfg, str(flow_run.id)), record.model_dump_json(indent=2))
+    label = f"{stage}-{arm}" if arm else stage
+    rows = [{"field": "path", "value": record.path}, {"field": "kind", "value": record.kind},
+            {"field": "fingerprint", "value": record.fingerprint}, {"field": "profile", "value": cfg.name}]
+    rows += [{"field": k, "value": str(v)} for k, v in sorted(record.meta.items())
+             if isinstance(v, (str, int, float, bool)) and len(str(v)) < 200]
+    create_table_artifact(rows, key=f"{label}-output".replace("_", "-").lower(),
+                          description=f"where {label}'s output ({record.kind}) went: {record.path}")
 
 
 def load_inputs(inputs: dict[str, Any] | None) -> dict[str, Artefact]:

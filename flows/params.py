@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,3 +44,38 @@ class StageParams(RunParams):
     """Parameters of a single-stage flow; an arm picks which model line the stage belongs to."""
 
     arm: Arm = Field("alignx", description="which arm's model this stage trains or evaluates")
+
+
+class Stage1Params(StageParams):
+    """Stage 1 trains AlignX or its control; the form offers only those."""
+
+    arm: Literal["control", "alignx"] = Field("alignx", description="AlignX, or the control (both lambdas 0)")
+
+
+class Stage2Params(StageParams):
+    """Stage 2 trains every arm but base (sft starts from base); the form offers only those."""
+
+    arm: Literal["sft", "control", "alignx"] = Field("alignx", description="which arm's stage 2 to train")
+
+
+def flow_run_name(flow: str) -> Callable[[], str]:
+    """A flow's run name in the UI: flow, profile, arm (or evaluation name) and start time.
+
+    ``pipeline-real-20261130-0142``, ``stage1-smoke-control-20261130-0150``: the runs list shows what
+    each run trained without opening it (Prefect's default names are random words).
+    """
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        given = flow_run.parameters or {}
+        params = given.get("params") or {}
+        if isinstance(params, BaseModel):
+            params = params.model_dump()
+        parts = [flow, str(params.get("profile") or RunParams.model_fields["profile"].default)]
+        label = given.get("name") or params.get("arm")
+        if label:
+            parts.append(str(label))
+        return "-".join([*parts, datetime.now().strftime("%Y%m%d-%H%M%S")])
+
+    return name

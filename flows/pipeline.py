@@ -15,14 +15,23 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from flows import chain
-from flows.params import PipelineParams
+from flows.params import PipelineParams, flow_run_name
 from tasks import evaluate as eval_tasks
 from tasks.caching import run_verified
 
 ORDER = ("data", "bootstrap", "stage1", "stage2", "evaluate")
 
 
-@flow(name="pipeline")
+def report_artifact_markdown(meta: dict[str, Any]) -> str:
+    """The report artifact: where report.md and its plots are on the run root, then the report's tables."""
+    head = [f"**Report:** `{meta.get('report', '')}`"]
+    plots = meta.get("plots") or {}
+    if plots:
+        head.append("**Plots:**\n" + "\n".join(f"- {title}: `{path}`" for title, path in plots.items()))
+    return "\n\n".join(head) + "\n\n" + meta.get("markdown", "")
+
+
+@flow(name="pipeline", flow_run_name=flow_run_name("pipeline"))
 def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     """Run the whole AlignX pipeline on a profile and return where its artefacts are."""
     log = get_run_logger()
@@ -51,7 +60,7 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
 
     evals = {name: record for run in arm_runs.values() for name, record in run.evals.items()}
     report = run_verified(eval_tasks.write_report, evals, chain.curves_of(models), cfg)
-    create_markdown_artifact(report.meta.get("markdown", ""), key="alignx-report",
+    create_markdown_artifact(report_artifact_markdown(report.meta), key="alignx-report",
                              description=f"AlignX report, profile {cfg.name}")
     summary = report.meta.get("summary", [])
     if summary:

@@ -12,7 +12,7 @@ from prefect import flow
 
 from alignx.artefacts import Artefact
 from flows import chain
-from flows.params import RunParams, StageParams
+from flows.params import RunParams, Stage1Params, Stage2Params, StageParams, flow_run_name
 
 
 def _upstream(params: RunParams, inputs: dict[str, Any] | None, need: tuple[str, ...]) -> tuple[Any, dict[str, Artefact]]:
@@ -25,50 +25,46 @@ def _upstream(params: RunParams, inputs: dict[str, Any] | None, need: tuple[str,
     return cfg.model_copy(update={"dispatch": "local"}), got
 
 
-@flow(name="data", log_prints=False)
+@flow(name="data", flow_run_name=flow_run_name("data"), log_prints=False)
 def data_flow(params: RunParams = RunParams()) -> dict[str, Any]:
     """collect -> language-ID filter -> Parquet shards."""
     cfg = params.config()
     record = chain.run_data(cfg)
-    chain.publish_result(cfg, record)
+    chain.publish_result(cfg, record, "data")
     return chain.as_json(record)
 
 
-@flow(name="bootstrap")
+@flow(name="bootstrap", flow_run_name=flow_run_name("bootstrap"))
 def bootstrap_flow(params: RunParams = RunParams(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train the offline base model on the shards (skipped when the profile names a base model)."""
     cfg, got = _upstream(params, inputs, ("shards",))
     record = chain.run_base(cfg, got["shards"])
-    chain.publish_result(cfg, record)
+    chain.publish_result(cfg, record, "base")
     return chain.as_json(record)
 
 
-@flow(name="stage1")
-def stage1_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+@flow(name="stage1", flow_run_name=flow_run_name("stage1"))
+def stage1_flow(params: Stage1Params = Stage1Params(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage-1 alignment pre-training of the AlignX arm (or the control arm: both lambdas 0)."""
-    if params.arm not in ("alignx", "control"):
-        raise ValueError(f"stage1 trains arm 'alignx' or 'control', not {params.arm!r}")
     cfg, got = _upstream(params, inputs, ("shards", "base"))
     record = chain.run_stage1(cfg, got["base"], got["shards"], params.arm)
-    chain.publish_result(cfg, record)
+    chain.publish_result(cfg, record, "stage1", params.arm)
     return chain.as_json(record)
 
 
-@flow(name="stage2")
-def stage2_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+@flow(name="stage2", flow_run_name=flow_run_name("stage2"))
+def stage2_flow(params: Stage2Params = Stage2Params(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage-2 instruction tuning of an arm: from its stage-1 checkpoint, or from base for 'sft'."""
-    if params.arm == "base":
-        raise ValueError("stage2 trains arm 'sft', 'control' or 'alignx', not 'base'")
     cfg, got = _upstream(params, inputs, ("shards", "base") if "model" not in (inputs or {}) else ("shards",))
     start = got.get("model")
     if start is None:
         start = got["base"] if params.arm == "sft" else chain.run_stage1(cfg, got["base"], got["shards"], params.arm)
     record = chain.run_stage2(cfg, start, got["shards"], params.arm)
-    chain.publish_result(cfg, record)
+    chain.publish_result(cfg, record, "stage2", params.arm)
     return chain.as_json(record)
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", flow_run_name=flow_run_name("evaluate"))
 def evaluate_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | None = None,
                   model_path: str | None = None, name: str | None = None) -> dict[str, Any]:
     """Evaluate one arm's final model, or any checkpoint directory given as ``model_path``.
@@ -85,5 +81,5 @@ def evaluate_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | 
         cfg_up, up = _upstream(params, None, ("shards", "base"))
         got["model"] = chain.train_arm(cfg_up, params.arm, up["base"], up["shards"])["final"]
     record = chain.run_evaluate(cfg, got["model"], name or params.arm)
-    chain.publish_result(cfg, record)
+    chain.publish_result(cfg, record, "evaluate", name or params.arm)
     return chain.as_json(record)

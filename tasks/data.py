@@ -16,6 +16,7 @@ _RETRY = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_t
 
 @task(
     name="collect",
+    task_run_name="collect-{source}",
     cache_policy=stage_cache(["data.max_pairs_per_pair", "languages", "pivot", "data_mirror"], DATA_CODE),
     persist_result=True,
     tags=["data"],

@@ -24,7 +24,7 @@ EVAL_SECTIONS = ["eval", "languages", "pivot", "data_mirror", "stage1.align_laye
 REPORT_SECTIONS = ["name", "eval.benchmarks", "eval.bootstrap_resamples", "eval.bootstrap_seed"]
 
 
-@task(name="evaluate", cache_policy=stage_cache(EVAL_SECTIONS, EVAL_CODE),
+@task(name="evaluate", task_run_name="evaluate-{name}", cache_policy=stage_cache(EVAL_SECTIONS, EVAL_CODE),
       persist_result=True, tags=["gpu"], **_RETRY)
 def evaluate(model: Artefact, benchmark_fingerprint: str, cfg: PipelineConfig, name: str) -> Artefact:
     """Benchmarks and alignment metrics of one checkpoint (keyed on model + benchmark data + config)."""

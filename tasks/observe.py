@@ -7,6 +7,12 @@ from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
+from prefect.runtime import task_run
+
+
+def stage1_run_name() -> str:
+    """Stage 1's task run name in the UI: which arm it trains (``stage1-alignx``, ``stage1-control``)."""
+    return "stage1-control" if (task_run.parameters or {}).get("control") else "stage1-alignx"
 
 
 class ProgressReporter:

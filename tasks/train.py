@@ -17,7 +17,7 @@ from alignx.config import PipelineConfig, fingerprint
 from alignx.model import base_models
 from alignx.train import stages
 from tasks.caching import file_fingerprints, retry_transient, stage_cache
-from tasks.observe import ProgressReporter
+from tasks.observe import ProgressReporter, stage1_run_name
 
 TRAIN_CODE = ("alignx/data", "alignx/model", "alignx/train")
 _RETRY = dict(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
@@ -65,7 +65,7 @@ def bootstrap(shards: Artefact, cfg: PipelineConfig) -> Artefact:
         cfg, "bootstrap")
 
 
-@task(name="stage1", cache_policy=stage_cache(["stage1", "languages", "pivot"], TRAIN_CODE),
+@task(name="stage1", task_run_name=stage1_run_name, cache_policy=stage_cache(["stage1", "languages", "pivot"], TRAIN_CODE),
       persist_result=True, tags=["gpu"], **_RETRY)
 def stage1(base: Artefact, shards: Artefact, cfg: PipelineConfig, control: bool = False) -> Artefact:
     """Stage-1 alignment pre-training; ``control`` trains the same steps with both lambdas at 0."""
@@ -77,7 +77,7 @@ def stage1(base: Artefact, shards: Artefact, cfg: PipelineConfig, control: bool 
         cfg, "stage1")
 
 
-@task(name="stage2", cache_policy=stage_cache(STAGE2_SECTIONS, TRAIN_CODE),
+@task(name="stage2", task_run_name="stage2-{arm}", cache_policy=stage_cache(STAGE2_SECTIONS, TRAIN_CODE),
       persist_result=True, tags=["gpu"], **_RETRY)
 def stage2(model: Artefact, shards: Artefact, cfg: PipelineConfig, arm: str) -> Artefact:
     """Stage-2 instruction fine-tuning from ``model`` (the stage-1 checkpoint, or base for SFT-only)."""

@@ -323,4 +323,5 @@ def write_report(arms: dict[str, Path], cfg: PipelineConfig, out_dir: Path, curv
         atomic_write_json(tmp / "summary.json", {"summary": report.summary, "arms": {n: str(p) for n, p in arms.items()}})
     markdown = "\n\n".join(report.sections) + "\n"
     return write_marker(out_dir, "report", {"report": str(out_dir / "report.md"), "summary": report.summary,
-                                            "markdown": markdown})
+                                            "markdown": markdown,
+                                            "plots": {title: str(out_dir / rel) for title, rel in files.items()}})

@@ -91,6 +91,16 @@ def main(work: Path, mirror: Path) -> dict:
                 f"{client.read_flow(d.flow_id).name}/{d.name}" for d in deployments)
             pipe = next(d for d in deployments if d.name == "alignx-pipeline")
             out["schedule_active"] = [s.active for s in pipe.schedules]
+            # a user switches the weekly retraining on in the UI; a redeploy must keep it on
+            for schedule in pipe.schedules:
+                client.update_deployment_schedule(pipe.id, schedule.id, active=True)
+        subprocess.run([str(BIN / "alignx"), "deploy"], env=env, check=True, cwd=REPO,
+                       stdout=open(logs / "redeploy.log", "w"), stderr=subprocess.STDOUT)
+        with get_client(sync_client=True) as client:
+            pipe = next(d for d in client.read_deployments() if d.name == "alignx-pipeline")
+            out["schedule_active_after_redeploy"] = [s.active for s in pipe.schedules]
+            for schedule in pipe.schedules:  # off again: no scheduled run may start during the test
+                client.update_deployment_schedule(pipe.id, schedule.id, active=False)
 
         bench = mirror / "xcopa" / "val.zh.jsonl"
         saved = bench.read_bytes()
@@ -100,6 +110,7 @@ def main(work: Path, mirror: Path) -> dict:
                              "overrides": {"run_root": str(work / "run"), "data_mirror": str(mirror)}}}
         run = run_deployment("pipeline/alignx-pipeline", parameters=params, timeout=900, poll_interval=2)
         out["first_state"] = run.state.type.value
+        out["flow_run_name"] = run.name
         out["first_message"] = run.state.message or ""
 
         bench.rmdir()
@@ -113,6 +124,7 @@ def main(work: Path, mirror: Path) -> dict:
             task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
             after = [t for t in task_runs if t.created and t.created.timestamp() >= retried_at - 1]
             out["retry_task_states"] = sorted(f"{t.name.rsplit('-', 1)[0]}:{t.state.name}" for t in after)
+            out["task_run_names"] = sorted({t.name for t in task_runs})
             artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
             out["artifact_keys"] = sorted({a.key for a in artifacts if a.key})
             report = next((a for a in artifacts if a.key == "alignx-report"), None)

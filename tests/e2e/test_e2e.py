@@ -28,6 +28,11 @@ def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     assert {"pipeline/alignx-pipeline", "stage1/alignx-stage1", "stage2/alignx-stage2",
             "evaluate/alignx-evaluate", "data/alignx-data"} <= set(out["deployments"]), out["deployments"]
     assert out["schedule_active"] == [False]
+    assert out["schedule_active_after_redeploy"] == [True], "a redeploy switched the user's schedule off"
+    assert out["flow_run_name"].startswith("pipeline-smoke-"), out["flow_run_name"]
+    # task runs say which arm they belong to
+    assert {"stage1-alignx", "stage2-sft", "stage2-alignx", "evaluate-base", "evaluate-sft",
+            "evaluate-alignx", "collect-tatoeba"} <= set(out["task_run_names"]), out["task_run_names"]
     assert out["first_state"] == "FAILED", tails
     assert "val.zh.jsonl" in out["first_message"], out["first_message"]
     assert out["retry_state"] == "COMPLETED", (out["retry_message"], tails)
@@ -39,6 +44,7 @@ def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     assert any(s.startswith("evaluate:") and s.endswith(":Completed") for s in states), states
     assert {"alignx-report", "data-counts"} <= set(out["artifact_keys"]), out["artifact_keys"]
     assert "xcopa" in out["report_excerpt"].lower()
+    assert "**Report:** `" in out["report_excerpt"] and "report.md`" in out["report_excerpt"], out["report_excerpt"][:500]
 
     crash = out["crash"]  # kill -9 of a pipeline run in stage 1 after a checkpoint, then Retry
     assert crash["killed"] == 1 and crash["locks_after_kill"] >= 1, crash

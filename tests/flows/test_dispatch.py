@@ -6,6 +6,7 @@ validated against the target flow's own signature, which is what the server does
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,9 +88,18 @@ def test_published_result_is_what_the_parent_reads(tmp_path):
     def child() -> str:
         from prefect.runtime import flow_run
 
-        chain.publish_result(cfg, record)
+        chain.publish_result(cfg, record, "stage1", "control")
         return str(flow_run.id)
 
     run_id = child()
     written = Artefact.model_validate_json(chain.result_record_path(cfg, run_id).read_text())
     assert written == record
+    # the UI shows where the single stage's checkpoint went
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["stage1-control-output"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    assert len(artifacts) == 1
+    assert {"field": "path", "value": record.path} in json.loads(artifacts[0].data)
