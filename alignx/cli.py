@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -19,9 +20,10 @@ from typing import Any
 from alignx.config import REPO_ROOT, ConfigError, available_profiles
 
 
-def _prefect_env() -> None:
-    # Must be set before prefect is imported; a user's own settings win.
-    os.environ.setdefault("PREFECT_HOME", str(REPO_ROOT / ".prefect"))
+def _prefect_env(run_root: Path | None) -> None:
+    # Must be set before prefect is imported; a user's own settings win. A run's Prefect home (its
+    # ephemeral API database, task results and cache records) lives in its run root, beside its locks.
+    os.environ.setdefault("PREFECT_HOME", str((run_root or REPO_ROOT) / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -71,17 +73,30 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from flows import stages
-    from flows.params import RunParams, StageParams
+    from flows.params import RunParams, Stage1Params, Stage2Params
 
     overrides = _overrides(args.set)
     if args.stage == "bootstrap":
         result = stages.bootstrap_flow(RunParams(profile=args.profile, overrides=overrides))
+    elif args.stage == "stage1":
+        if args.arm not in ("alignx", "control"):
+            raise ConfigError("--arm", [f"stage1 trains arm 'alignx' or 'control', not {args.arm!r} (sft starts at stage 2)"])
+        result = stages.stage1_flow(Stage1Params(profile=args.profile, overrides=overrides, arm=args.arm))
     else:
-        flow = stages.stage1_flow if args.stage == "stage1" else stages.stage2_flow
-        result = flow(StageParams(profile=args.profile, overrides=overrides, arm=args.arm))
+        result = stages.stage2_flow(Stage2Params(profile=args.profile, overrides=overrides, arm=args.arm))
     print(f"checkpoint: {result['path']}")
     print(json.dumps(result.get("meta", {}).get("final_loss", result.get("meta", {})), indent=2, default=str))
     return 0
+
+
+def _eval_name(model: Path) -> str:
+    """An evaluation's default label: the checkpoint directory's name without its fingerprint suffix
+    (``control-stage1-3f2a...`` -> ``control-stage1``), so evaluations of different models differ."""
+    stem = model.name
+    head, _, tail = stem.rpartition("-")
+    if head and len(tail) == 16 and all(c in "0123456789abcdef" for c in tail):
+        stem = head
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).strip("-.") or "model"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -89,9 +104,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from flows.stages import evaluate_flow
 
     overrides = _overrides(args.set)
-    if args.benchmarks:
+    if args.benchmarks is not None:  # "" means none: alignment only
         overrides["eval.benchmarks"] = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    result = evaluate_flow(StageParams(profile=args.profile, overrides=overrides), model_path=str(Path(args.model).resolve()))
+    model = Path(args.model).resolve()
+    if not model.is_dir():
+        raise ConfigError("--model", [f"{args.model} is not a checkpoint directory"])
+    name = args.name or _eval_name(model)
+    result = evaluate_flow(StageParams(profile=args.profile, overrides=overrides), model_path=str(model), name=name)
     metrics = json.loads((Path(result["path"]) / "metrics.json").read_text(encoding="utf-8"))
     rows = [{"task": t, **{m: (f"{v:.4f}" if isinstance(v, float) else v) for m, v in ms.items() if not isinstance(v, (dict, list))}}
             for t, ms in metrics["results"].items()]
@@ -122,8 +141,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    """Become the Prefect worker (exec: SIGTERM and Ctrl-C reach it directly and stop it cleanly)."""
     cmd = [str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", args.pool, "--type", "process"]
-    return subprocess.call(cmd, cwd=REPO_ROOT)
+    os.chdir(REPO_ROOT)
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
     p = with_profile(sub.add_parser("eval", help="evaluate a checkpoint directory"))
     p.add_argument("--model", required=True, help="checkpoint directory")
-    p.add_argument("--benchmarks", default=None, help="comma-separated benchmark names")
+    p.add_argument("--benchmarks", default=None,
+                   help="comma-separated benchmark names; \"\" for none (alignment only); default: the profile's")
+    p.add_argument("--name", "--arm", dest="name", default=None,
+                   help="label of this evaluation (its output folder and report column), e.g. base, sft, "
+                        "control; default: the checkpoint folder's name")
     p.set_defaults(fn=cmd_eval)
     p = with_profile(sub.add_parser("pipeline", help="the end-to-end pipeline"))
     p.add_argument("--arms", default=None, help="comma-separated arms (base,sft,control,alignx)")
@@ -172,21 +198,33 @@ def _failure_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" + (" (more in the log)" if more else "")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop): unwinds like Ctrl-C, so the run is recorded as stopped,
+    temporary artefacts are cleaned up and the temporary Prefect server stops."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    run_root = None
     if getattr(args, "profile", None) is not None:
         from alignx.config import load_profile
 
         try:  # every config problem, the model's depth against align_layer included, before any work
-            load_profile(args.profile, _overrides(args.set))
+            run_root = load_profile(args.profile, _overrides(args.set)).resolved_run_root()
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    _prefect_env()
-    log_file = LOG_DIR / f"alignx-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    _prefect_env(run_root)
+    log_dir = run_root / "logs" if run_root else LOG_DIR
+    log_file = log_dir / f"alignx-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     if args.command in _RUNS_FLOWS:
         from alignx.watchdog import watch
 
+        signal.signal(signal.SIGTERM, _on_sigterm)
         watch()  # the temporary Prefect server and workers stop when this process dies, even by kill -9
         if not args.verbose:
             from flows.console import quiet_console
@@ -197,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("stopped by SIGTERM", file=sys.stderr)
+        if threading.main_thread() is threading.current_thread() and threading.active_count() > 1 and args.command == "pipeline":
+            # arm chains still train in their threads, and exiting would wait for them: the flow run
+            # is already recorded as stopped; locks and temporaries of a dead process are recovered
+            # by the next run, and the watchdog stops the temporary server
+            sys.stderr.flush()
+            os._exit(143)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

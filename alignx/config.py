@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -363,11 +363,27 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def _is_mapping_field(dotted_parent: list[str]) -> bool:
+    """True when the config field at this dotted path is a free-form mapping (``eval.limit``), not a section."""
+    model: Any = PipelineConfig
+    annotation: Any = None
+    for name in dotted_parent:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or name not in model.model_fields:
+            return False
+        annotation = model.model_fields[name].annotation
+        model = annotation
+    return get_origin(annotation) is dict
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set a dotted key; ``null`` for a key of a mapping field removes it (``eval.limit.xcopa=null``)."""
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
         node = node.setdefault(key, {})
+    if value is None and _is_mapping_field(keys[:-1]):
+        node.pop(keys[-1], None)
+        return
     node[keys[-1]] = value
 
 

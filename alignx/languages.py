@@ -46,6 +46,17 @@ _LANGS = [
     Language("ta", "tam", "tam_Taml", "Tamil", "Taml"),
     Language("tr", "tur", "tur_Latn", "Turkish", "Latn"),
     Language("vi", "vie", "vie_Latn", "Vietnamese", "Latn"),
+    # The rest of XNLI, XStoryCloze, XWinograd and PAWS-X (FLORES and Belebele have them all), so an
+    # evaluation can name any language these benchmarks have.
+    Language("ar", "ara", "arb_Arab", "Arabic", "Arab"),
+    Language("bg", "bul", "bul_Cyrl", "Bulgarian", "Cyrl"),
+    Language("el", "ell", "ell_Grek", "Greek", "Grek"),
+    Language("eu", "eus", "eus_Latn", "Basque", "Latn"),
+    Language("hi", "hin", "hin_Deva", "Hindi", "Deva"),
+    Language("ko", "kor", "kor_Hang", "Korean", "Hang"),
+    Language("my", "mya", "mya_Mymr", "Burmese", "Mymr"),
+    Language("pt", "por", "por_Latn", "Portuguese", "Latn"),
+    Language("ur", "urd", "urd_Arab", "Urdu", "Arab"),
 ]
 
 LANGUAGES: dict[str, Language] = {lang.code: lang for lang in _LANGS}

@@ -24,7 +24,10 @@ from tasks.locks import HolderAwareLockManager
 
 logger = logging.getLogger(__name__)
 
-LOCK_DIR = Path(os.environ.get("ALIGNX_LOCK_DIR", REPO_ROOT / "data" / "cache" / "locks"))
+# A task's lock lives in its run root's ``locks/`` (shared by every process that works on that run
+# root); ALIGNX_LOCK_DIR, when set, puts every lock in one directory instead.
+LOCK_DIR_FIXED = os.environ.get("ALIGNX_LOCK_DIR")
+LOCK_DIR = Path(LOCK_DIR_FIXED or REPO_ROOT / "data" / "cache" / "locks")  # keys without a config
 # A lock whose holder runs on another host is broken when its heartbeat is older than this.
 LOCK_STALE_AFTER_S = float(os.environ.get("ALIGNX_LOCK_STALE_SECONDS", "300"))
 LOCK_MANAGER = HolderAwareLockManager(LOCK_DIR, stale_after_s=LOCK_STALE_AFTER_S)
@@ -113,7 +116,11 @@ def stage_cache(sections: Iterable[str], code: Iterable[str]) -> CacheKeyFnPolic
     def key_fn(context: Any, parameters: dict[str, Any]) -> str:
         task_source = inspect.getsource(context.task.fn)
         parts = {k: _param_part(v, sections) for k, v in sorted(parameters.items()) if k != "progress"}
-        return f"alignx-{context.task.name}-" + fingerprint(task_source, code_fingerprint(code), parts)
+        key = f"alignx-{context.task.name}-" + fingerprint(task_source, code_fingerprint(code), parts)
+        cfg = next((v for v in parameters.values() if isinstance(v, PipelineConfig)), None)
+        if cfg is not None and not LOCK_DIR_FIXED:
+            LOCK_MANAGER.route(key, cfg.resolved_run_root() / "locks")
+        return key
 
     return CacheKeyFnPolicy(cache_key_fn=key_fn).configure(
         isolation_level=IsolationLevel.SERIALIZABLE,

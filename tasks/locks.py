@@ -87,9 +87,21 @@ class HolderAwareLockManager(FileSystemLockManager):
         self.heartbeat_every_s = heartbeat_every_s
         self._held: dict[str, Path] = {}
         self._mutex = threading.Lock()
+        self._routes: dict[str, Path] = {}  # key -> directory of its lock (the run root's, see route)
         self._beat: threading.Thread | None = None
         self._waits: dict[str, float] = {}
 
+
+    def route(self, key: str, directory: Path) -> None:
+        """Keep ``key``'s lock in ``directory`` (a run root's ``locks/``) instead of the default one."""
+        self._routes[key] = Path(directory)
+
+    def _lock_path_for_key(self, key: str) -> Path:
+        directory = self._routes.get(key)
+        if directory is None:
+            return super()._lock_path_for_key(key)
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory.joinpath(key).with_suffix(".lock")
     def __deepcopy__(self, memo: dict) -> "HolderAwareLockManager":
         return self  # one manager per process: its heartbeat covers every lock the process holds
 

@@ -20,3 +20,21 @@ def test_every_config_problem_at_once(tmp_path, capsys):
                  "--set", f"run_root={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2 and "stage1.tau" in err and "unknown language code" in err
+
+
+def test_null_removes_a_mapping_key_and_sets_an_optional_field():
+    from alignx.config import load_profile
+
+    assert "xcopa" in load_profile("smoke").eval.limit
+    cfg = load_profile("smoke", {"eval.limit.xcopa": None, "stage1.max_examples": None})
+    assert "xcopa" not in cfg.eval.limit and cfg.eval.limit  # the other limits stay
+    assert cfg.stage1.max_examples is None
+
+
+def test_eval_names_its_output_after_the_checkpoint(tmp_path, capsys):
+    from alignx.cli import _eval_name
+
+    assert _eval_name(tmp_path / "control-stage1-0123456789abcdef") == "control-stage1"
+    assert _eval_name(tmp_path / "SmolLM2 135M") == "SmolLM2-135M"
+    code = main(["eval", "--profile", "smoke", "--model", str(tmp_path / "missing"), "--set", f"run_root={tmp_path}"])
+    assert code == 2 and "not a checkpoint directory" in capsys.readouterr().err

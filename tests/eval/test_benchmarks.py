@@ -25,6 +25,24 @@ def test_registry_ships_every_benchmark():
     assert get_benchmark("xcopa").languages == ["et", "ht", "id", "it", "qu", "sw", "ta", "th", "tr", "vi", "zh"]
 
 
+def test_an_evaluation_can_name_any_language_its_benchmark_has():
+    """Every language a benchmark lists is a registry language, so eval.languages accepts it (also one
+    the pipeline does not train), and the plan picks it for that benchmark and no other."""
+    from alignx.config import load_profile
+    from alignx.eval.plan import eval_languages
+    from alignx.languages import get_language
+
+    for name in known_benchmarks():
+        for lang in get_benchmark(name).languages:
+            get_language(lang)
+    cfg = load_profile("smoke", {"eval.languages": ["ko", "pt", "hi", "et"]})
+    assert eval_languages(get_benchmark("pawsx"), cfg) == ["ko"]
+    assert eval_languages(get_benchmark("xwinograd"), cfg) == ["pt"]
+    assert eval_languages(get_benchmark("xstorycloze"), cfg) == ["hi"]
+    assert eval_languages(get_benchmark("xcopa"), cfg) == ["et"]
+    assert eval_languages(get_benchmark("flores"), cfg) == ["ko", "pt", "hi", "et"]
+
+
 def test_unknown_benchmark_lists_known_ones():
     with pytest.raises(UnknownBenchmarkError) as err:
         validate_benchmarks(["xcopa", "xcopaa", "hellaswag"])

@@ -159,3 +159,33 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, env):
     assert len(error) == 1 and str(bad) in error[0] and "line 5" in error[0], proc.stderr[-2000:]
     log = Path(proc.stderr.split("full log and traceback:", 1)[1].split()[0])
     assert "Traceback" in log.read_text(encoding="utf-8")
+
+
+def test_sigterm_stops_a_run_cleanly(root, env):
+    """SIGTERM (kill, a scheduler's stop) ends the command at once: exit 143, its lock released, its
+    temporary server gone, nothing half-written left."""
+    import signal
+
+    base = _base_model(root, env)
+    command = ["eval", "--model", str(base), "--benchmarks", "xcopa", "--name", "sigterm"]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.flows.hang", "evaluate", *_args(command, root)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    line = ""
+    while time.monotonic() < deadline and "HANGING" not in line:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            line = proc.stdout.readline()
+    assert "HANGING" in line
+    children = children_of(proc.pid)
+    assert _dead_holders_locks(env, proc.pid), "the run holds no lock while evaluating (the case under test)"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert not _dead_holders_locks(env, proc.pid), "a run stopped by SIGTERM left its lock"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(process_start_ticks(p) == t for p, t in children.items()):
+        time.sleep(0.5)
+    assert not [p for p, t in children.items() if process_start_ticks(p) == t]
+    assert not _temporaries(root), f"temporaries left: {_temporaries(root)}"
