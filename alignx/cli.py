@@ -132,6 +132,23 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """The preflight alone: the config (checked on load), then every stage's inputs; all problems at once."""
+    from alignx.config import load_profile
+    from alignx.preflight import preflight_problems
+
+    cfg = load_profile(args.profile, _overrides(args.set))
+    problems = preflight_problems(cfg)
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if problems:
+        print(f"profile {cfg.name!r}: {len(problems)} problem(s); nothing was run", file=sys.stderr)
+        return 1
+    print(f"profile {cfg.name!r}: config, data sources, language-ID model, base model, instruction files and "
+          f"benchmarks are usable (run root {cfg.resolved_run_root()})")
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Create the work pools and the ``gpu`` task concurrency limit, then register every deployment
     (a schedule a user switched on or off keeps that state across redeploys)."""
@@ -177,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", default=None, help="comma-separated arms (base,sft,control,alignx)")
     p.add_argument("--stop-after", default=None, choices=["data", "bootstrap", "stage1", "stage2", "evaluate"])
     p.set_defaults(fn=cmd_pipeline)
+    p = with_profile(sub.add_parser("check", help="the preflight alone: config and every stage's inputs, all problems at once"))
+    p.set_defaults(fn=cmd_check)
     p = sub.add_parser("deploy", help="create pools and the gpu limit, register the deployments of prefect.yaml")
     p.add_argument("--gpu-slots", type=int, default=1, help="training stages allowed at once (one per GPU worker)")
     p.set_defaults(fn=cmd_deploy)

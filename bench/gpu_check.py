@@ -36,7 +36,7 @@ from alignx.artefacts import read_marker  # noqa: E402
 from alignx.config import load_profile  # noqa: E402
 from alignx.eval.report import write_report  # noqa: E402
 from alignx.eval.runner import METRICS_FILE, evaluate_model  # noqa: E402
-from alignx.train.checkpoint import read_log, read_run_record  # noqa: E402
+from alignx.records import read_log, read_run_record  # noqa: E402
 from alignx.train.loop import mixed_precision_mode  # noqa: E402
 from alignx.train.stages import train_stage1, train_stage2  # noqa: E402
 

@@ -26,10 +26,9 @@ from pydantic import BaseModel
 from alignx.artefacts import Artefact, atomic_write_text, verify_artefact
 from alignx.config import PipelineConfig
 from alignx.data import stages as data_stages
-from alignx.eval import runner
-from alignx.model import base_models
 from tasks import data as data_tasks
 from tasks import evaluate as eval_tasks
+from tasks import fingerprints
 from tasks import train as train_tasks
 from tasks.caching import run_verified
 
@@ -43,7 +42,7 @@ STAGE_DEPLOYMENTS = {
 
 def run_data(cfg: PipelineConfig) -> Artefact:
     """collect (one task per source, concurrently) -> language-ID filter -> shards."""
-    source_fps = {src: data_stages.source_fingerprint(src, cfg) for src in cfg.data.sources}
+    source_fps = {src: fingerprints.source(src, cfg) for src in cfg.data.sources}
     futures = [data_tasks.collect.submit(src, fp, cfg) for src, fp in source_fps.items()]
     raw = [f.result() for f in futures]
     for i, (src, fp) in enumerate(source_fps.items()):
@@ -67,7 +66,7 @@ def run_base(cfg: PipelineConfig, shards: Artefact) -> Artefact:
     if shards.meta.get("filtered"):
         data_stages.check_pairs_kept(shards.meta["filtered"])
     if cfg.base_model:
-        source_fp = base_models.source_fingerprint(cfg.base_model)
+        source_fp = fingerprints.base_model(cfg.base_model)
         return run_verified(train_tasks.prepare_base, source_fp, cfg)
     return dispatch_or_run(cfg, "bootstrap", {"shards": shards}, lambda: run_verified(train_tasks.bootstrap, shards, cfg))
 
@@ -85,7 +84,7 @@ def run_stage2(cfg: PipelineConfig, start: Artefact, shards: Artefact, arm: str)
 
 
 def run_evaluate(cfg: PipelineConfig, model: Artefact, name: str) -> Artefact:
-    bench_fp = runner.benchmark_fingerprint(cfg)
+    bench_fp = fingerprints.benchmarks(cfg)
     return dispatch_or_run(cfg, "evaluate", {"model": model}, lambda: run_verified(
         eval_tasks.evaluate, model, bench_fp, cfg, name), arm=name.split("-")[0], name=name)
 
@@ -173,7 +172,8 @@ def dispatch_stage(stage: str, cfg: PipelineConfig, inputs: dict[str, Artefact],
     that is not the arm's final one (``alignx-stage1``).
     """
     params: dict[str, Any] = {
-        "params": {"profile": cfg.name, "overrides": cfg.model_dump(mode="json", exclude={"name"}), "arm": arm},
+        "params": {"profile": cfg.name, "overrides": cfg.model_dump(mode="json", exclude={"name"}),
+                   **({"arm": arm} if stage in ("stage1", "stage2", "evaluate") else {})},  # bootstrap: no arm
         "inputs": {k: v.model_dump(mode="json") for k, v in inputs.items()},
     }
     if name is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from alignx.artefacts import Artefact
 from alignx.config import PipelineConfig
@@ -49,3 +50,11 @@ def langid_filter(raw: list[Artefact], cfg: PipelineConfig) -> Artefact:
 def shard(filtered: Artefact, cfg: PipelineConfig) -> Artefact:
     """Write the filtered pairs as train/valid Parquet shards with a manifest."""
     return stages.write_shards(filtered, cfg, cfg.resolved_run_root())
+
+
+@task(name="preflight", cache_policy=NO_CACHE, retries=0)
+def preflight(cfg: PipelineConfig) -> None:
+    """Every stage's input checks before any work (alignx.preflight); fails listing every problem."""
+    from alignx.preflight import preflight as check
+
+    check(cfg)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 
 from alignx.data.instructions import TrainExample
-from alignx.model.losses import IGNORE_INDEX
+
+IGNORE_INDEX = -100  # label of a position the loss skips (padding, a masked prompt): torch's default
 
 _MEGABATCH = 50  # group-by-length sorts within windows of this many batches (as HF's sampler does)
 

@@ -44,8 +44,23 @@ def _load_local(path: Path, split: str) -> Any:
     return datasets.load_dataset(str(path), split=split)
 
 
+def dataset_revision(hub_id: str, revision: str | None = None) -> str:
+    """The commit a hub data set (at ``revision``: a branch, tag or commit; None: the default branch)
+    resolves to, for cache keys: a changed data set under the same id is a new key. Offline there is
+    nothing to resolve: "offline:<revision>" (reading it will then fail unless a local copy exists)."""
+    if hub_offline():
+        return f"offline:{revision or 'main'}"
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(hub_id, revision=revision).sha or f"unresolved:{revision or 'main'}"
+    except Exception as exc:  # network, auth, unknown id or revision: say which
+        raise DataUnavailableError(f"hub data set {hub_id} (revision {revision or 'main'!r}) cannot be resolved "
+                                   f"to a commit: {exc}") from exc
+
+
 def open_split(source: str, hub_id: str, config: str | None, split: str, roots: list[Path],
-               missing: Path | None = None) -> Any:
+               missing: Path | None = None, revision: str | None = None) -> Any:
     """A ``datasets`` Dataset (local copy) or streaming IterableDataset (hub) for one config and split.
 
     Raises ``DataUnavailableError`` naming both the local path it looked for and the hub id when
@@ -60,7 +75,7 @@ def open_split(source: str, hub_id: str, config: str | None, split: str, roots: 
     import datasets
 
     try:
-        return datasets.load_dataset(hub_id, config, split=split, streaming=True)
+        return datasets.load_dataset(hub_id, config, split=split, streaming=True, revision=revision)
     except Exception as exc:  # any hub failure (network, auth, missing config) means: not reachable
         raise _unavailable(source, hub_id, config, split, roots, missing, f"the hub failed ({exc})") from exc
 

@@ -61,6 +61,7 @@ class HubParams(_Params):
     layout: Literal["pairs", "multiway"] = "pairs"
     config: str | None = "{pair}"  # per pair ("pairs") or per language ("multiway"); see _fields
     split: str = "train"
+    revision: str | None = None  # a commit, tag or branch to pin; None: the default branch (resolved for keys)
     field: str = "translation"  # "pairs": a dict column keyed by language code
     column: str = "text"  # "multiway": the text column of each language's config
     pairs: list[str] | None = None  # "pairs": the language pairs the set holds, e.g. en-de
@@ -379,7 +380,7 @@ class HubReader(PairReader):
 
     def _open(self, *codes: str) -> Any:  # a datasets Dataset or IterableDataset
         return hub.open_split(self.name, self.params.path, self._config(*codes), self.params.split, self._roots(),
-                              self.missing)
+                              self.missing, revision=self.params.revision)
 
     def files(self, src: str, tgt: str) -> list[Path]:
         configs = [self._config(src, tgt)] if self.params.layout == "pairs" else [self._config(src), self._config(tgt)]
@@ -489,5 +490,6 @@ def source_inputs_fingerprint(reader: PairReader, pairs: list[tuple[str, str]]) 
         for path in reader.files(src, tgt):
             parts.append([str(path.name), file_digest(path) if path.is_file() else "missing"])
     if isinstance(reader, HubReader) and not any(reader.files(s, t) for s, t in pairs):
-        parts.append("hub")  # read from the hub: the id, config and split (in the params) are all we know
+        # read from the hub: the commit the data set resolves to keys it (a changed set is a new key)
+        parts.append(["hub", hub.dataset_revision(reader.params.path, reader.params.revision)])
     return fingerprint(*parts)

@@ -43,6 +43,7 @@ class SourceSpec(BaseModel):
     hub: str | None = None
     hub_config: str | None = "{code}"
     split: str = "test"
+    revision: str | None = None  # a commit, tag or branch to pin; None: the default branch (resolved for keys)
     fields: list[str] = []  # every document must have these
 
 

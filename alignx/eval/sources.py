@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alignx.config import REPO_ROOT
+from alignx.data.hub import dataset_revision
 from alignx.eval.benchmarks import BenchmarkSpec
 from alignx.jsonl import iter_jsonl
 from alignx.mirror import DataUnavailableError, hub_offline
@@ -189,7 +190,7 @@ def _read_hub(spec: BenchmarkSpec, lang: str) -> Documents:
     config = spec.source.hub_config.format(code=spec.code_for(lang), lang=lang) if spec.source.hub_config else None
     log.info("reading %s (%s, split %s) from the hub", spec.source.hub, config, spec.source.split)
     try:
-        data = load_dataset(spec.source.hub, config, split=spec.source.split)
+        data = load_dataset(spec.source.hub, config, split=spec.source.split, revision=spec.source.revision)
     except Exception as exc:  # datasets raises many types; the message must name what was asked for
         raise DataUnavailableError(
             f"benchmark {spec.name!r} ({lang}): cannot read hub dataset {spec.source.hub} config {config!r} "
@@ -209,5 +210,6 @@ def source_files(spec: BenchmarkSpec, langs: list[str], mirror: Path | None, dat
         if path is not None and path.is_file():
             out.append(path)
         else:
-            out.append(f"hub:{spec.source.hub}/{spec.source.hub_config}/{spec.source.split}/{spec.code_for(lang)}")
+            commit = dataset_revision(spec.source.hub, spec.source.revision) if spec.source.hub else "none"
+            out.append(f"hub:{spec.source.hub}@{commit}/{spec.source.hub_config}/{spec.source.split}/{spec.code_for(lang)}")
     return out

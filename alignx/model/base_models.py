@@ -190,6 +190,29 @@ def _config_depth(directory: Path) -> int:
     raise BaseModelError(f"{config_file} gives no number of layers (num_hidden_layers)")
 
 
+def check_available(spec: str) -> None:
+    """Raise a ``BaseModelError`` naming what to install or fix when the base model cannot be read, without
+    reading its weights: a catalogue entry's package and file, a GGUF's header, a directory's config,
+    a hub id only when the hub is reachable (its commit is resolved when the stage runs)."""
+    from alignx.mirror import hub_offline
+
+    kind, target = classify(spec)
+    if kind == "catalogue":
+        found = importlib.util.find_spec(target.module)
+        if found is None or not found.submodule_search_locations:
+            raise BaseModelError(f"base model {target.name!r} needs the package {target.package}=={target.version}, "
+                                 f"which is not installed: {target.install_hint()}")
+        if target.file and not (Path(list(found.submodule_search_locations)[0]) / target.file).is_file():
+            raise BaseModelError(f"{target.file} is missing from the installed {target.package}: {target.install_hint()}")
+    elif kind == "gguf":
+        read_gguf_header(target)
+    elif kind == "dir":
+        _config_depth(target)
+    elif hub_offline():
+        raise BaseModelError(f"hub model {spec!r} cannot be fetched while HF_HUB_OFFLINE is set: give a local "
+                             f"directory, a .gguf file or a catalogue name ({_known(load_catalogue())})")
+
+
 # ---------------------------------------------------------------- prepare
 def source_fingerprint(spec: str) -> str:
     """What a prepared base model depends on, for cache keys: content, never a path or name alone.

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IGNORE_INDEX = -100
+from alignx.data.collate import IGNORE_INDEX  # labels the collator masks; data never imports model
 
 
 def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:

@@ -18,14 +18,12 @@ import numpy as np
 import torch
 
 from alignx.artefacts import atomic_dir, atomic_write_text
-from alignx.jsonl import iter_jsonl
+from alignx.records import read_log
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
-TRAIN_LOG = "train_log.jsonl"
-RUN_RECORD = "alignx.json"  # what a stage wrote beside its model: stage, config, inputs, final losses
 
 
 def rng_state() -> dict[str, Any]:
@@ -88,34 +86,9 @@ def load_checkpoint(
     return Resumed(step=int(state["step"]))
 
 
-def read_run_record(model_dir: Path) -> dict[str, Any]:
-    """The run record a stage wrote beside its model ({} for a model no stage of ours wrote)."""
-    path = Path(model_dir) / RUN_RECORD
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: expected the run record a stage writes (a JSON object), found invalid JSON "
-                         f"({exc.msg})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(record).__name__}")
-    return record
-
-
 def truncate_log(log_path: Path, step: int) -> None:
     """Keep the training-log lines of steps up to ``step``: later ones belong to the lost trajectory."""
     if not log_path.exists():
         return
     kept = [row for row in read_log(log_path) if row["step"] <= step]
     atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in kept))
-
-
-def read_log(log_path: Path) -> list[dict[str, Any]]:
-    """The per-step records of a ``train_log.jsonl``; a bad line raises naming the file and line."""
-    rows = []
-    for n, row in iter_jsonl(log_path):
-        if not isinstance(row, dict) or "step" not in row:
-            raise ValueError(f"{log_path} line {n}: expected an object with 'step' and loss fields, found {str(row)[:80]!r}")
-        rows.append(row)
-    return rows

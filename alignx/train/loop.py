@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from alignx.config import TrainConfig, fingerprint
 from alignx.data.collate import TrainExample, collate, micro_batch_schedule
-from alignx.train.checkpoint import TRAIN_LOG, load_checkpoint, read_log, save_checkpoint, truncate_log
+from alignx.records import TRAIN_LOG, read_log
+from alignx.train.checkpoint import load_checkpoint, save_checkpoint, truncate_log
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from alignx.model.alignx_model import AlignXModel, CausalLMObjective, check_alig
 from alignx.model.bootstrap import (
     build_llama, packed_lm_examples, sample_sentences, template_sentences, train_tokenizer,
 )
-from alignx.train.checkpoint import RUN_RECORD, TRAIN_LOG, read_run_record
+from alignx.records import RUN_RECORD, TRAIN_LOG, read_run_record
 from alignx.train.loop import Progress, TrainResult, process_state, train
 
 log = logging.getLogger(__name__)

@@ -68,7 +68,7 @@ def main(work: Path, mirror: Path) -> dict:
     os.environ.update(env)  # before prefect is imported below
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    server = worker = None
+    server = worker = gpu_worker = None
     out: dict = {"api": api}
     try:
         server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -102,13 +102,26 @@ def main(work: Path, mirror: Path) -> dict:
             for schedule in pipe.schedules:  # off again: no scheduled run may start during the test
                 client.update_deployment_schedule(pipe.id, schedule.id, active=False)
 
+        # a benchmark file breaks while the run trains (after its preflight, before its evaluations)
         bench = mirror / "xcopa" / "val.zh.jsonl"
         saved = bench.read_bytes()
-        bench.unlink()
-        bench.mkdir()
         params = {"params": {"profile": "smoke", "arms": ["base", "sft", "alignx"],
                              "overrides": {"run_root": str(work / "run"), "data_mirror": str(mirror)}}}
-        run = run_deployment("pipeline/alignx-pipeline", parameters=params, timeout=900, poll_interval=2)
+        run = run_deployment("pipeline/alignx-pipeline", parameters=params, timeout=0)
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                names = {t.name.split("-")[0] for t in client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))}
+                if "collect" in names:  # the preflight has passed
+                    break
+                time.sleep(0.2)
+            bench.unlink()
+            bench.mkdir()
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline and not client.read_flow_run(run.id).state.is_final():
+                time.sleep(2)
+            run = client.read_flow_run(run.id)
         out["first_state"] = run.state.type.value
         out["flow_run_name"] = run.name
         out["first_message"] = run.state.message or ""
@@ -130,11 +143,16 @@ def main(work: Path, mirror: Path) -> dict:
             report = next((a for a in artifacts if a.key == "alignx-report"), None)
             out["report_excerpt"] = (report.data or "")[:2000] if report else ""
         out["crash"] = crash_then_retry(work, mirror, worker)
+        gpu_worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "alignx-gpu", "--type", "process"],
+                                      env=env, cwd=REPO, stdout=open(logs / "gpu-worker.log", "w"),
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        out["dispatch"] = dispatch_to_deployments(work, mirror)
         return out
     finally:
+        stop(gpu_worker)
         stop(worker)
         stop(server)
-        for name in ("server.log", "worker.log", "deploy.log"):
+        for name in ("server.log", "worker.log", "gpu-worker.log", "deploy.log"):
             path = logs / name
             if path.exists():
                 out.setdefault("log_tails", {})[name] = path.read_text(errors="replace")[-3000:]
@@ -209,6 +227,39 @@ def crash_then_retry(work: Path, mirror: Path, worker: subprocess.Popen) -> dict
     models = [p for p in checkpoints.glob("alignx-stage1-*") if (p / "alignx.json").is_file()]
     records = [json.loads((p / "alignx.json").read_text()) for p in models]
     out["resumed_from"] = [r.get("resumed_from") for r in records if r.get("steps") == 400]
+    return out
+
+
+def dispatch_to_deployments(work: Path, mirror: Path) -> dict:
+    """The paper profile's mode: the pipeline (CPU pool) runs each heavy stage as a child run of its
+    deployment on the GPU pool; the stage-1 checkpoint is evaluated too. Then a child that fails fails
+    the parent with the child's message."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.deployments import run_deployment
+
+    out: dict = {}
+    overrides = {"run_root": str(work / "run"), "data_mirror": str(mirror), "dispatch": "deployments",
+                 "eval.include_stage1": True}
+    params = {"params": {"profile": "smoke", "arms": ["base", "alignx"], "overrides": overrides}}
+    run = run_deployment("pipeline/alignx-pipeline", parameters=params, timeout=900, poll_interval=2)
+    out["state"], out["message"] = run.state.type.value, run.state.message or ""
+
+    def children(parent) -> list:
+        with get_client(sync_client=True) as client:
+            # run_deployment from a task: the child's parent is that task run, inside this flow run
+            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [parent.id]}))
+            return [fr for t in task_runs for fr in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_task_run_id={"any_": [t.id]}))]
+
+    kids = children(run)
+    out["children"] = sorted(f"{k.name.rsplit('-', 2)[0]}@{k.work_pool_name}:{k.state.type.value}" for k in kids)
+
+    overrides = {**overrides, "stage1.train.max_length": 8}  # passes the preflight; the stage-1 child refuses it
+    params = {"params": {"profile": "smoke", "arms": ["alignx"], "overrides": overrides}}
+    run = run_deployment("pipeline/alignx-pipeline", parameters=params, timeout=900, poll_interval=2)
+    out["failing_state"], out["failing_message"] = run.state.type.value, run.state.message or ""
+    out["failing_children"] = sorted(f"{k.name.rsplit('-', 2)[0]}:{k.state.type.value}" for k in children(run))
     return out
 
 

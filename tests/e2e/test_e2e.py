@@ -52,3 +52,13 @@ def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     assert crash["retry_state"] == "COMPLETED", (crash, tails)
     assert crash["dead_attempt_states"] == ["CRASHED"], crash
     assert len(crash["resumed_from"]) == 1 and crash["resumed_from"][0] >= 5, crash
+
+    dispatch = out["dispatch"]  # dispatch: deployments, children on the GPU pool's worker
+    assert dispatch["state"] == "COMPLETED", (dispatch, tails)
+    kids = dispatch["children"]
+    for name in ("stage1-smoke-alignx", "stage2-smoke-alignx", "evaluate-smoke-base", "evaluate-smoke-alignx",
+                 "evaluate-smoke-alignx-stage1"):
+        assert f"{name}@alignx-gpu:COMPLETED" in kids, (name, kids)
+    assert dispatch["failing_state"] == "FAILED", dispatch
+    assert "stage 'stage1'" in dispatch["failing_message"] and "max_length=8" in dispatch["failing_message"], dispatch
+    assert "stage1-smoke-alignx:FAILED" in dispatch["failing_children"], dispatch

@@ -205,3 +205,37 @@ def test_control_stage1_key_ignores_the_alignment_loss_settings(cfg):
         assert key("stage1", swept) != key("stage1", cfg), dotted
     assert key("stage1", with_value(cfg, "stage1.train.lr", 1e-4).for_control(), control=True) != control_key
     assert cfg.for_control().stage1.lambda_ctr == 0.0 and cfg.for_control().stage1.lambda_lam == 0.0
+
+
+def test_hub_datasets_are_keyed_by_the_commit_they_resolve_to(monkeypatch):
+    """A hub data set read from the hub enters keys as its commit: a new commit under the same id (a
+    corpus or a benchmark) is a new key; a pinned revision is resolved as given."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from alignx.data.sources import HubParams, HubReader, source_inputs_fingerprint
+    from alignx.eval.benchmarks import get_benchmark
+    from alignx.eval.sources import source_files
+
+    commits = {"main": "c0ffee01", "v1": "5eed0001"}
+    asked = []
+
+    def dataset_info(self, repo_id, revision=None, **kwargs):
+        asked.append((repo_id, revision))
+        return SimpleNamespace(sha=commits[revision or "main"])
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    reader = HubReader("opus", HubParams(path="Helsinki-NLP/opus-100", pairs=["de-en"]), mirror=None)
+    before = source_inputs_fingerprint(reader, [("en", "de")])
+    assert before == source_inputs_fingerprint(reader, [("en", "de")])
+    commits["main"] = "c0ffee02"  # the data set changed on the hub
+    assert source_inputs_fingerprint(reader, [("en", "de")]) != before
+    pinned = HubReader("opus", HubParams(path="Helsinki-NLP/opus-100", pairs=["de-en"], revision="v1"), mirror=None)
+    source_inputs_fingerprint(pinned, [("en", "de")])
+    assert ("Helsinki-NLP/opus-100", "v1") in asked
+
+    xcopa = get_benchmark("xcopa")  # no mirror: read from the hub, keyed by its commit
+    assert source_files(xcopa, ["sw"], mirror=None) == [f"hub:{xcopa.source.hub}@c0ffee02/{{code}}/{xcopa.source.split}/sw"]

@@ -199,3 +199,24 @@ def test_releasing_twice_is_harmless_but_not_someone_elses(tmp_path):
     assert manager.acquire_lock("k", holder="other")
     with pytest.raises(ValueError, match="No lock held by me"):
         manager.release_lock("k", holder="me")
+
+
+def test_a_tasks_lock_lives_in_its_run_root(tmp_path, monkeypatch):
+    """Without ALIGNX_LOCK_DIR, every process working on a run root takes its locks in ``<run root>/locks``."""
+    from types import SimpleNamespace
+
+    from alignx.config import load_profile
+    from tasks import caching
+    from tasks import train as train_tasks
+
+    monkeypatch.setattr(caching, "LOCK_DIR_FIXED", None)
+    cfg = load_profile("smoke", {"run_root": str(tmp_path / "run")})
+    task = train_tasks.bootstrap
+    context = SimpleNamespace(task=SimpleNamespace(fn=task.fn, name=task.name))
+    key = task.cache_policy.cache_key_fn(context, {"shards": Artefact(kind="shards", path="/x", fingerprint="f"), "cfg": cfg})
+    assert caching.LOCK_MANAGER.acquire_lock(key, holder="me")
+    try:
+        assert (tmp_path / "run" / "locks" / f"{key}.lock").is_file()
+    finally:
+        caching.LOCK_MANAGER.release_lock(key, holder="me")
+    assert not (tmp_path / "run" / "locks" / f"{key}.lock").exists()

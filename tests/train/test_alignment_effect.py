@@ -18,7 +18,7 @@ from alignx.config import parse_config
 from alignx.data.collate import collate
 from alignx.data.instructions import TrainExample, encode_examples, translation_instruction
 from alignx.model.losses import span_mean
-from alignx.train.checkpoint import read_log
+from alignx.records import read_log
 from alignx.train.stages import bootstrap_base_model, train_stage1
 from tests.train.shards import tatoeba_pairs, write_shards
 

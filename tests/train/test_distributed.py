@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from alignx.artefacts import read_marker, verify_artefact
-from alignx.train.checkpoint import read_log
+from alignx.records import read_log
 from alignx.train.stages import work_dir_for
 from tests.train.tiny import LANGS
 

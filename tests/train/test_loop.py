@@ -10,7 +10,8 @@ from alignx.config import TrainConfig
 from alignx.data.instructions import encode_rows, translation_rows
 from alignx.data.schema import read_split
 from alignx.model.alignx_model import AlignXModel
-from alignx.train.checkpoint import CHECKPOINT_DIR, read_log
+from alignx.records import read_log
+from alignx.train.checkpoint import CHECKPOINT_DIR
 from alignx.train.loop import make_scheduler, train
 from tests.train.tiny import save_model, tiny_causal_lm
 

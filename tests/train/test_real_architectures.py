@@ -31,7 +31,7 @@ from alignx.eval.runner import evaluate_model
 from alignx.model.alignx_model import AlignXModel, position_ids_from_mask
 from alignx.model.losses import span_mean
 from alignx.train import stages
-from alignx.train.checkpoint import read_log
+from alignx.records import read_log
 from tests.eval.test_alignment import lm_head_forbidden
 from tests.train.real_arch import FAMILIES, Family, build_base
 from tests.train.tiny import LANGS

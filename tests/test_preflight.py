@@ -1,0 +1,66 @@
+"""One preflight before any work: every stage's input problems reported at once, by the pipeline and by
+``alignx check``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignx.cli import main
+from alignx.config import load_profile
+from alignx.preflight import PreflightError, preflight, preflight_problems
+from tests.flows.conftest import copy_mirror
+
+
+@pytest.fixture()
+def broken(tmp_path, mirror):
+    """A mirror copy with a Tatoeba file gone and a benchmark file that is a directory, plus an
+    instruction file with a bad line: three stages' problems, none found by config validation."""
+    local = copy_mirror(mirror, tmp_path / "mirror", ["deu-eng", "eng-zho", "eng-swa"], ["flores200", "xcopa", "mgsm"])
+    (local / "tatoeba" / "eng-zho" / "tatoeba.eng-zho.zho").unlink()
+    bench = local / "xcopa" / "val.sw.jsonl"
+    bench.unlink()
+    bench.mkdir()
+    general = tmp_path / "general.jsonl"
+    general.write_text(json.dumps({"instruction": "Say hi", "output": "hi"}) + "\n{not json\n", encoding="utf-8")
+    overrides = {"run_root": str(tmp_path / "run"), "data_mirror": str(local),
+                 "stage2.general": [{"path": str(general), "language": "en"}]}
+    return overrides, local, general
+
+
+def test_a_good_profile_has_no_problems(mirror, tmp_path):
+    assert preflight_problems(load_profile("smoke", {"run_root": str(tmp_path / "run")})) == []
+
+
+def test_every_problem_at_once_naming_file_and_line(broken):
+    overrides, local, general = broken
+    problems = preflight_problems(load_profile("smoke", overrides))
+    text = "\n".join(problems)
+    assert "data source 'tatoeba'" in text and "tatoeba.eng-zho.zho" in text, text
+    assert f"{general} line 2" in text, text
+    assert "val.sw.jsonl" in text, text
+    assert len(problems) == 3, text
+    with pytest.raises(PreflightError) as err:
+        preflight(load_profile("smoke", overrides))
+    assert err.value.problems == problems
+
+
+def test_base_model_problems_are_found_without_reading_weights(tmp_path):
+    truncated = tmp_path / "model.gguf"
+    truncated.write_bytes(b"GGUF\x03\x00\x00\x00")  # a header cut short
+    cfg = load_profile("smoke", {"run_root": str(tmp_path / "run")}).model_copy(update={"base_model": str(truncated)})
+    problems = preflight_problems(cfg)
+    assert len(problems) == 1 and problems[0].startswith(f"base_model {str(truncated)!r}") and "model.gguf" in problems[0]
+
+
+def test_alignx_check_runs_it_alone(broken, capsys):
+    overrides, _, _ = broken
+    args = ["check", "--profile", "smoke"]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("problem: ") == 3 and "nothing was run" in err and "Traceback" not in err
+    assert not (load_profile("smoke", overrides).resolved_run_root() / "raw").exists()
