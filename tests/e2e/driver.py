@@ -102,46 +102,15 @@ def main(work: Path, mirror: Path) -> dict:
             for schedule in pipe.schedules:  # off again: no scheduled run may start during the test
                 client.update_deployment_schedule(pipe.id, schedule.id, active=False)
 
-        # a benchmark file breaks while the run trains (after its preflight, before its evaluations)
-        bench = mirror / "xcopa" / "val.zh.jsonl"
-        saved = bench.read_bytes()
-        params = {"params": {"profile": "smoke", "arms": ["base", "sft", "alignx"],
-                             "overrides": {"run_root": str(work / "run"), "data_mirror": str(mirror)}}}
-        run = run_deployment("pipeline/alignx-pipeline", parameters=params, timeout=0)
-        with get_client(sync_client=True) as client:
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                names = {t.name.split("-")[0] for t in client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))}
-                if "collect" in names:  # the preflight has passed
-                    break
-                time.sleep(0.2)
-            bench.unlink()
-            bench.mkdir()
-            deadline = time.monotonic() + 900
-            while time.monotonic() < deadline and not client.read_flow_run(run.id).state.is_final():
-                time.sleep(2)
-            run = client.read_flow_run(run.id)
-        out["first_state"] = run.state.type.value
-        out["flow_run_name"] = run.name
-        out["first_message"] = run.state.message or ""
+        # In the UI: the pipeline's run form (profile smoke, every arm), then a benchmark file breaks
+        # while the run trains (after its preflight, before its evaluations), then Retry on its page.
+        from tests.e2e.ui import Browser
 
-        bench.rmdir()
-        bench.write_bytes(saved)
-        retried_at = time.time()
-        with get_client(sync_client=True) as client:
-            fr = retry_and_wait(client, run.id, 900)
-            out["retry_state"] = fr.state.type.value
-            out["retry_message"] = fr.state.message or ""
-            out["run_count"] = fr.run_count
-            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-            after = [t for t in task_runs if t.created and t.created.timestamp() >= retried_at - 1]
-            out["retry_task_states"] = sorted(f"{t.name.rsplit('-', 1)[0]}:{t.state.name}" for t in after)
-            out["task_run_names"] = sorted({t.name for t in task_runs})
-            artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-            out["artifact_keys"] = sorted({a.key for a in artifacts if a.key})
-            report = next((a for a in artifacts if a.key == "alignx-report"), None)
-            out["report_excerpt"] = (report.data or "")[:2000] if report else ""
+        browser = Browser(f"http://127.0.0.1:{port}")
+        try:
+            out["ui"] = first_run_and_retry_in_the_ui(browser, work, mirror, out)
+        finally:
+            browser.close()
         out["crash"] = crash_then_retry(work, mirror, worker)
         gpu_worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "alignx-gpu", "--type", "process"],
                                       env=env, cwd=REPO, stdout=open(logs / "gpu-worker.log", "w"),
@@ -156,6 +125,67 @@ def main(work: Path, mirror: Path) -> dict:
             path = logs / name
             if path.exists():
                 out.setdefault("log_tails", {})[name] = path.read_text(errors="replace")[-3000:]
+
+
+def first_run_and_retry_in_the_ui(browser, work: Path, mirror: Path, out: dict) -> dict:
+    """Fill the run form in the browser, break a benchmark file mid-run, press Retry; record what the
+    API and the pages show."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterId
+
+    ui: dict = {}
+    bench = mirror / "xcopa" / "val.zh.jsonl"
+    saved = bench.read_bytes()
+    with get_client(sync_client=True) as client:
+        pipe = next(d for d in client.read_deployments() if d.name == "alignx-pipeline")
+        browser.run_pipeline_from_form(pipe.id, "smoke", {"run_root": str(work / "run"), "data_mirror": str(mirror)})
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["alignx-pipeline"])))
+        assert len(runs) == 1, f"the form created {len(runs)} runs"
+        run = runs[0]
+        ui["form_parameters"] = run.parameters
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            names = {t.name.split("-")[0] for t in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))}
+            if "collect" in names or client.read_flow_run(run.id).state.is_final():  # the preflight has passed
+                break
+            time.sleep(0.2)
+        bench.unlink()
+        bench.mkdir()
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and not client.read_flow_run(run.id).state.is_final():
+            time.sleep(2)
+        run = client.read_flow_run(run.id)
+    out["first_state"] = run.state.type.value
+    out["flow_run_name"] = run.name
+    out["first_message"] = run.state.message or ""
+    ui["failed_page"] = browser.flow_run_page(run.id, "failed-run")[:3000]
+
+    bench.rmdir()
+    bench.write_bytes(saved)
+    retried_at = time.time()
+    browser.retry(run.id)
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            fr = client.read_flow_run(run.id)
+            if fr.state.is_final() and fr.run_count > 1:
+                break
+            time.sleep(2)
+        out["retry_state"] = fr.state.type.value
+        out["retry_message"] = fr.state.message or ""
+        out["run_count"] = fr.run_count
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        after = [t for t in task_runs if t.created and t.created.timestamp() >= retried_at - 1]
+        out["retry_task_states"] = sorted(f"{t.name.rsplit('-', 1)[0]}:{t.state.name}" for t in after)
+        out["task_run_names"] = sorted({t.name for t in task_runs})
+        artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        out["artifact_keys"] = sorted({a.key for a in artifacts if a.key})
+        report = next((a for a in artifacts if a.key == "alignx-report"), None)
+        out["report_excerpt"] = (report.data or "")[:2000] if report else ""
+    ui["completed_page"] = browser.flow_run_page(run.id, "retried-run")[:3000]
+    ui["report_page"] = browser.report_text(run.id)[:6000]
+    return ui
 
 
 def retry_and_wait(client, run_id, timeout: float):

@@ -31,8 +31,8 @@ def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     assert out["schedule_active_after_redeploy"] == [True], "a redeploy switched the user's schedule off"
     assert out["flow_run_name"].startswith("pipeline-smoke-"), out["flow_run_name"]
     # task runs say which arm they belong to
-    assert {"stage1-alignx", "stage2-sft", "stage2-alignx", "evaluate-base", "evaluate-sft",
-            "evaluate-alignx", "collect-tatoeba"} <= set(out["task_run_names"]), out["task_run_names"]
+    assert {"stage1-alignx", "stage1-control", "stage2-sft", "stage2-alignx", "evaluate-base", "evaluate-sft",
+            "evaluate-control", "evaluate-alignx", "collect-tatoeba"} <= set(out["task_run_names"]), out["task_run_names"]
     assert out["first_state"] == "FAILED", tails
     assert "val.zh.jsonl" in out["first_message"], out["first_message"]
     assert out["retry_state"] == "COMPLETED", (out["retry_message"], tails)
@@ -45,6 +45,11 @@ def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     assert {"alignx-report", "data-counts"} <= set(out["artifact_keys"]), out["artifact_keys"]
     assert "xcopa" in out["report_excerpt"].lower()
     assert "**Report:** `" in out["report_excerpt"] and "report.md`" in out["report_excerpt"], out["report_excerpt"][:500]
+
+    ui = out["ui"]  # the run form, Retry and the report artifact, in a real browser
+    assert ui["form_parameters"]["params"]["profile"] == "smoke", ui["form_parameters"]
+    assert "Failed" in ui["failed_page"] and "Completed" in ui["completed_page"], ui
+    assert "alignx − control" in ui["report_page"] and "report.md" in ui["report_page"], ui["report_page"][:3000]
 
     crash = out["crash"]  # kill -9 of a pipeline run in stage 1 after a checkpoint, then Retry
     assert crash["killed"] == 1 and crash["locks_after_kill"] >= 1, crash

@@ -28,8 +28,8 @@ def task_states(flow_state) -> dict[str, list[str]]:
 
     flow_run_id = flow_state.state_details.flow_run_id
     # task runs and their states reach the API through events, a moment after the flow returns: read
-    # until every run is final and the count has held still for a second (at most 20 s)
-    runs, stable_since, deadline = [], None, time.monotonic() + 20
+    # until every run is final and the count has held still for a second (at most 60 s)
+    runs, stable_since, deadline = [], None, time.monotonic() + 60
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
             now = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))

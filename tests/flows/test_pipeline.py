@@ -29,16 +29,37 @@ def _params(root: Path, local_mirror: Path, arms: list[str]):
                           overrides={"run_root": str(root / "run"), "data_mirror": str(local_mirror)})
 
 
-def test_failed_evaluation_then_repair_then_added_arm(env, states):
+def test_failed_evaluation_then_repair_then_added_arm(env, states, monkeypatch):
+    import alignx.preflight
     from flows.pipeline import pipeline
 
     root, local_mirror = env
     bench = local_mirror / "xcopa" / "val.zh.jsonl"
     saved = bench.read_bytes()
     bench.unlink()
-    bench.mkdir()  # unreadable as a file: the evaluate stage must fail with a message naming it
+    bench.mkdir()  # unreadable as a file
 
+    # before the run: the preflight stops it with the file named, before any stage
+    stopped = pipeline(_params(root, local_mirror, ["base", "sft", "alignx"]), return_state=True)
+    assert stopped.is_failed()
+    with pytest.raises(Exception) as info:
+        stopped.result()
+    assert "val.zh.jsonl" in str(info.value) and "before any work" in str(info.value)
+    assert not states(stopped), states(stopped)
+
+    # broken while the run trains (after its preflight): the evaluate stage fails naming the file
+    bench.rmdir()
+    bench.write_bytes(saved)
+    real_preflight = alignx.preflight.preflight
+
+    def preflight_then_break(cfg):
+        real_preflight(cfg)
+        bench.unlink()
+        bench.mkdir()
+
+    monkeypatch.setattr(alignx.preflight, "preflight", preflight_then_break)
     failed = pipeline(_params(root, local_mirror, ["base", "sft", "alignx"]), return_state=True)
+    monkeypatch.setattr(alignx.preflight, "preflight", real_preflight)
     assert failed.is_failed()
     with pytest.raises(Exception) as info:
         failed.result()
