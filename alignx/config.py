@@ -133,7 +133,10 @@ class TrainConfig(Section):
     steps: int | None = Field(None, ge=1)  # optimizer steps; None -> epochs
     epochs: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(8, ge=1)  # per device; also the contrastive batch
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1)  # used when global_batch_size is None
+    # examples per optimizer step over every process: accumulation = global / (micro x world size), so
+    # 1 GPU and 8 GPUs train the same trajectory; None: micro x grad_accum x world size
+    global_batch_size: int | None = Field(None, ge=1)
     lr: float = Field(2e-6, gt=0)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
@@ -148,6 +151,13 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _global_batch_divides(self) -> "TrainConfig":
+        if self.global_batch_size is not None and self.global_batch_size % self.micro_batch_size:
+            raise ValueError(f"global_batch_size={self.global_batch_size} is not a multiple of micro_batch_size="
+                             f"{self.micro_batch_size} (accumulation = global / (micro x processes))")
+        return self
 
 
 class ModelSpec(Section):

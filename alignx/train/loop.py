@@ -67,6 +67,18 @@ def process_state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def accumulation_steps(cfg: TrainConfig, num_processes: int) -> int:
+    """Micro-batches per process per optimizer step: ``global_batch_size / (micro x world)``, else ``grad_accum``."""
+    if cfg.global_batch_size is None:
+        return cfg.grad_accum
+    per_round = cfg.micro_batch_size * num_processes
+    if cfg.global_batch_size % per_round:
+        raise ValueError(f"global_batch_size={cfg.global_batch_size} is not a multiple of micro_batch_size "
+                         f"{cfg.micro_batch_size} x {num_processes} process(es) = {per_round}: give a global batch "
+                         f"that is, or change micro_batch_size")
+    return cfg.global_batch_size // per_round
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """An ``Accelerator`` for one run, in the precision ``cfg`` asks for.
 
@@ -79,7 +91,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     shared = AcceleratorState._shared_state
     if shared and shared.get("_mixed_precision") != mode:
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mode,
+    accum = accumulation_steps(cfg, process_state().num_processes)
+    return Accelerator(gradient_accumulation_steps=accum, mixed_precision=mode,
                        cpu=not torch.cuda.is_available())
 
 
@@ -88,7 +101,7 @@ def total_steps(cfg: TrainConfig, n_examples: int, num_processes: int = 1) -> in
     if cfg.steps is not None:
         return cfg.steps
     per_epoch = math.ceil(n_examples / cfg.micro_batch_size)
-    return max(1, math.ceil(cfg.epochs * per_epoch / (cfg.grad_accum * num_processes)))
+    return max(1, math.ceil(cfg.epochs * per_epoch / (accumulation_steps(cfg, num_processes) * num_processes)))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
@@ -148,9 +161,14 @@ def train(
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     steps = total_steps(cfg, len(examples), accelerator.num_processes)
-    key = fingerprint(run_key, cfg.model_dump(exclude=_NOT_TRAJECTORY), len(examples))
+    accum, world = accumulation_steps(cfg, accelerator.num_processes), accelerator.num_processes
+    # The global batch fixes the trajectory (each step takes the same micro-batches, split over the
+    # processes): a checkpoint resumes on another world size at the same global batch, never at another.
+    global_batch = cfg.micro_batch_size * accum * world
+    key = fingerprint(run_key, cfg.model_dump(exclude=_NOT_TRAJECTORY | {"grad_accum", "global_batch_size"}),
+                      len(examples), global_batch)
     lengths = [len(ex.encoded.input_ids) for ex in examples]
-    n_micro = steps * cfg.grad_accum * accelerator.num_processes
+    n_micro = steps * accum * world
     groups = [ex.group for ex in examples]
     schedule = micro_batch_schedule(lengths, cfg.micro_batch_size, n_micro, cfg.seed, cfg.group_by_length, groups)
 
@@ -177,8 +195,8 @@ def train(
             started = time.perf_counter()
             parts: list[dict[str, float]] = []
             hashes: list[str] = []
-            for micro in range(cfg.grad_accum):
-                slot = (step * cfg.grad_accum + micro) * accelerator.num_processes + accelerator.process_index
+            for micro in range(accum):
+                slot = (step * accum + micro) * world + accelerator.process_index
                 batch = collate([examples[i] for i in schedule[slot]], pad_id, cfg.padding_side, cfg.mask_prompt)
                 hashes.append(batch_fingerprint(batch["input_ids"]))
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}

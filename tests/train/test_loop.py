@@ -113,3 +113,19 @@ def test_one_process_trains_stages_in_different_precisions(dropout_llama_dir, ex
     assert logs["fp32"] == logs["fp32-again"]  # back in float32, exactly
     assert logs["bf16"][0] != logs["fp32"][0]  # the bf16 run really ran under bf16 autocast
     assert logs["bf16"][0] == pytest.approx(logs["fp32"][0], rel=0.02)
+
+
+def test_global_batch_size_sets_accumulation_from_the_world_size():
+    from pydantic import ValidationError
+
+    from alignx.config import TrainConfig
+    from alignx.train.loop import accumulation_steps, total_steps
+
+    cfg = TrainConfig(micro_batch_size=16, global_batch_size=128, epochs=1)
+    assert [accumulation_steps(cfg, n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    assert total_steps(cfg, 1280, 1) == total_steps(cfg, 1280, 8) == 10  # same steps on any world size
+    with pytest.raises(ValueError, match="not a multiple of micro_batch_size 16 x 3 process"):
+        accumulation_steps(cfg, 3)
+    with pytest.raises(ValidationError, match="global_batch_size=100 is not a multiple of micro_batch_size=16"):
+        TrainConfig(micro_batch_size=16, global_batch_size=100)
+    assert accumulation_steps(TrainConfig(micro_batch_size=16, grad_accum=3), 8) == 3  # no global: as given
