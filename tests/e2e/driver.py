@@ -19,6 +19,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+if str(REPO) not in sys.path:  # run as a script: tests.e2e.ui is imported from the checkout
+    sys.path.insert(0, str(REPO))
 
 
 def free_port() -> int:
@@ -109,6 +111,9 @@ def main(work: Path, mirror: Path) -> dict:
         browser = Browser(f"http://127.0.0.1:{port}")
         try:
             out["ui"] = first_run_and_retry_in_the_ui(browser, work, mirror, out)
+        except Exception:
+            browser.shot("failed-here")  # what the page showed when a step failed
+            raise
         finally:
             browser.close()
         out["crash"] = crash_then_retry(work, mirror, worker)

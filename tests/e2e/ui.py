@@ -60,9 +60,19 @@ class Browser:
         page.wait_for_url("**/run**")
         profile_select = page.locator(".p-select-button__control").first
         profile_select.wait_for()
-        profile_select.focus()
-        page.keyboard.press("Enter")  # opens the drop-down (its options are the profiles in data/profiles/)
-        page.locator(".p-select-option", has_text=profile).first.click()
+        option = page.locator(".p-select-option", has_text=profile).first
+        opens = [lambda: page.keyboard.press("ArrowDown"), lambda: page.keyboard.press("Enter"),
+                 lambda: page.locator(".p-select-button").first.click()]
+        for attempt in range(12):  # the drop-down opens once the form's handlers are attached
+            profile_select.focus()
+            opens[attempt % len(opens)]()  # its options are the profiles in data/profiles/
+            try:
+                option.wait_for(timeout=2000)
+                break
+            except Exception:
+                pass
+        self.shot("profile-options")
+        option.click()
         page.locator("textarea").first.fill(json.dumps(overrides))
         page.wait_for_timeout(500)
         self.shot("run-form-filled")
