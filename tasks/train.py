@@ -25,15 +25,33 @@ STAGE2_SECTIONS = ["stage2", "languages", "pivot", "stage1.align_layer"]  # stag
 
 
 def _with_oom_fallback(run: Callable[[PipelineConfig], Artefact], cfg: PipelineConfig, section: str) -> Artefact:
-    """Run; on out-of-memory, retry once with gradient checkpointing (never a smaller micro-batch)."""
+    """Run; on out-of-memory, retry once with gradient checkpointing (never a smaller micro-batch).
+
+    The retry starts only after the failed attempt is gone: its exception's traceback holds the frames
+    that hold its model, optimizer and activations, so it is dropped and collected (and the CUDA cache
+    emptied) first, or the second attempt would run out of memory beside the first one's leftovers.
+    """
     try:
         return run(cfg)
     except Exception as exc:
         if type(exc).__name__ != "OutOfMemoryError" or getattr(cfg, section).train.gradient_checkpointing:
             raise
-        get_run_logger().warning("%s ran out of memory; retrying with gradient checkpointing", section)
-        return run(cfg.model_copy(update={section: getattr(cfg, section).model_copy(
-            update={"train": getattr(cfg, section).train.model_copy(update={"gradient_checkpointing": True})})}))
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    release_memory()
+    get_run_logger().warning("%s ran out of memory (%s); retrying with gradient checkpointing", section, message)
+    return run(cfg.model_copy(update={section: getattr(cfg, section).model_copy(
+        update={"train": getattr(cfg, section).train.model_copy(update={"gradient_checkpointing": True})})}))
+
+
+def release_memory() -> None:
+    """Collect what a failed attempt left (its frames are unreachable once its exception is dropped)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def model_dir(cfg: PipelineConfig, name: str, *parts: object) -> Path:
