@@ -270,6 +270,9 @@ class EvalConfig(Section):
     mgsm_exemplars: str | None = None  # TSV (question, answer) or JSONL file of exemplars; needed when shots > 0
     data_files: dict[str, str] = {}  # benchmark -> local file pattern with {code}, overriding the mirror path
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # lm-eval parity is defined in float32 on CPU
+    # weights and activations of the evaluated model; "auto": bfloat16 on a CUDA device that supports
+    # it, else float32 (the CPU float32 path keeps its exact parity with lm-eval)
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     share_context: bool = True  # one forward pass per shared context (KV cache) in log-likelihood scoring
     alignment: AlignmentEvalConfig = AlignmentEvalConfig()
     bootstrap_resamples: int = Field(1000, ge=10)

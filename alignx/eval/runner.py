@@ -39,14 +39,21 @@ METRICS_FILE = "metrics.json"
 ITEMS_DIR = "items"
 
 
-def load_model(model_path: str, device: str = "cpu"):
-    """A Hugging Face causal LM and its tokenizer, float32, in eval mode on ``device``."""
+def eval_dtype(dtype: str, device: str) -> torch.dtype:
+    """``eval.dtype`` on ``device``: "auto" is bfloat16 on a CUDA device that supports it, else float32."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(model_path: str, device: str = "cpu", dtype: str = "float32"):
+    """A Hugging Face causal LM and its tokenizer in eval mode on ``device``, in ``dtype`` (eval.dtype)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=eval_dtype(dtype, device)).to(device).eval()
     return model, tokenizer
 
 
@@ -67,7 +74,7 @@ def evaluate_model(model_path: str, cfg: PipelineConfig, out_dir: Path, progress
     bar when None). Returns the ``eval`` artefact of ``out_dir``.
     """
     plan = plan_evaluation(cfg, resolve_mirror(cfg.data_mirror))
-    model, tokenizer = load_model(model_path, cfg.eval.device)
+    model, tokenizer = load_model(model_path, cfg.eval.device, cfg.eval.dtype)
     n_layers = int(model.config.get_text_config().num_hidden_layers)
     layer = report_layer(cfg, n_layers)
     layers = align.resolve_layers(cfg.eval.alignment.layers, n_layers, layer)  # a bad list fails before any work

@@ -126,3 +126,24 @@ def test_mgsm_exemplars_are_read_and_checked(tmp_path, mirror, eval_fixtures):
     shots.write_text('{"question": "One plus one?", "answer": 2}\n{"question": \n', encoding="utf-8")
     with pytest.raises(EvalInputError, match=r"shots\.jsonl line 2: expected a JSON object, found invalid JSON"):
         plan_evaluation(cfg, mirror)
+
+
+def test_bfloat16_evaluation_is_configurable_and_close_to_float32(tmp_path, tiny_lm_dir, eval_fixtures, evaluated):
+    """eval.dtype: the model is evaluated in bfloat16 (as on a GPU); alignment pools in float32, so the
+    cosine gaps stay close to the float32 run's, and the config it ran under is recorded."""
+    import numpy as np
+    import torch
+
+    from alignx.eval.runner import eval_dtype, load_model
+
+    assert eval_dtype("auto", "cpu") == torch.float32 and eval_dtype("bfloat16", "cpu") == torch.bfloat16
+    model, _ = load_model(str(tiny_lm_dir), "cpu", "bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    cfg = eval_config(tmp_path, eval_fixtures, benchmarks=["xcopa"], dtype="bfloat16")
+    doc = json.loads((Path(evaluate_model(str(tiny_lm_dir), cfg, tmp_path / "out").path) / "metrics.json").read_text())
+    ref = json.loads((Path(evaluated[0].path) / "metrics.json").read_text())
+    assert doc["config"]["eval"]["dtype"] == "bfloat16"
+    got = np.array(doc["alignment"]["flores"]["prompt"]["zh"]["cos_gap"])
+    want = np.array(ref["alignment"]["flores"]["prompt"]["zh"]["cos_gap"])
+    assert got.shape == want.shape and not np.array_equal(got, want)  # it did run in another precision
+    assert np.abs(got - want).max() < 0.05, (got, want)
