@@ -41,3 +41,9 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end test first: it is the longest file, so under ``-n 2 --dist loadfile`` one worker
+    runs it while the other works through the rest (started last, it would end the run alone)."""
+    items.sort(key=lambda item: 0 if "/e2e/" in str(item.fspath) else 1)

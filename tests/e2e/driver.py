@@ -143,7 +143,9 @@ def first_run_and_retry_in_the_ui(browser, work: Path, mirror: Path, out: dict) 
     saved = bench.read_bytes()
     with get_client(sync_client=True) as client:
         pipe = next(d for d in client.read_deployments() if d.name == "alignx-pipeline")
-        browser.run_pipeline_from_form(pipe.id, "smoke", {"run_root": str(work / "run"), "data_mirror": str(mirror)})
+        # the arms in the overrides box: base, the control and AlignX (the SFT-only chain adds time, not coverage)
+        browser.run_pipeline_from_form(pipe.id, "smoke", {"run_root": str(work / "run"), "data_mirror": str(mirror),
+                                                          "arms": ["base", "control", "alignx"]})
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["alignx-pipeline"])))
         assert len(runs) == 1, f"the form created {len(runs)} runs"
         run = runs[0]
@@ -276,7 +278,7 @@ def dispatch_to_deployments(work: Path, mirror: Path) -> dict:
     out: dict = {}
     overrides = {"run_root": str(work / "run"), "data_mirror": str(mirror), "dispatch": "deployments",
                  "eval.include_stage1": True}
-    params = {"params": {"profile": "smoke", "arms": ["base", "alignx"], "overrides": overrides}}
+    params = {"params": {"profile": "smoke", "arms": ["alignx"], "overrides": overrides}}
     run = run_deployment("pipeline/alignx-pipeline", parameters=params, timeout=900, poll_interval=2)
     out["state"], out["message"] = run.state.type.value, run.state.message or ""
 

@@ -31,7 +31,7 @@ def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     assert out["schedule_active_after_redeploy"] == [True], "a redeploy switched the user's schedule off"
     assert out["flow_run_name"].startswith("pipeline-smoke-"), out["flow_run_name"]
     # task runs say which arm they belong to
-    assert {"stage1-alignx", "stage1-control", "stage2-sft", "stage2-alignx", "evaluate-base", "evaluate-sft",
+    assert {"stage1-alignx", "stage1-control", "stage2-control", "stage2-alignx", "evaluate-base",
             "evaluate-control", "evaluate-alignx", "collect-tatoeba"} <= set(out["task_run_names"]), out["task_run_names"]
     assert out["first_state"] == "FAILED", tails
     assert "val.zh.jsonl" in out["first_message"], out["first_message"]
@@ -61,8 +61,7 @@ def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     dispatch = out["dispatch"]  # dispatch: deployments, children on the GPU pool's worker
     assert dispatch["state"] == "COMPLETED", (dispatch, tails)
     kids = dispatch["children"]
-    for name in ("stage1-smoke-alignx", "stage2-smoke-alignx", "evaluate-smoke-base", "evaluate-smoke-alignx",
-                 "evaluate-smoke-alignx-stage1"):
+    for name in ("stage1-smoke-alignx", "stage2-smoke-alignx", "evaluate-smoke-alignx", "evaluate-smoke-alignx-stage1"):
         assert f"{name}@alignx-gpu:COMPLETED" in kids, (name, kids)
     assert dispatch["failing_state"] == "FAILED", dispatch
     assert "stage 'stage1'" in dispatch["failing_message"] and "max_length=8" in dispatch["failing_message"], dispatch
