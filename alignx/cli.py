@@ -154,7 +154,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     (a schedule a user switched on or off keeps that state across redeploys)."""
     from flows.deploy import deploy
 
-    return deploy(args.gpu_slots)
+    rc, restored = deploy(args.gpu_slots)
+    for line in restored:
+        print(line)
+    return rc
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -51,8 +51,10 @@ def restore_schedule_states(before: dict[tuple[str, str], bool]) -> list[str]:
     return restored
 
 
-def deploy(gpu_slots: int) -> int:
-    """Create the pools and the ``gpu`` limit, then register every deployment of prefect.yaml."""
+def deploy(gpu_slots: int) -> tuple[int, list[str]]:
+    """Create the pools and the ``gpu`` limit, then register every deployment of prefect.yaml.
+
+    Returns ``prefect deploy``'s exit status and the schedules whose earlier state was put back."""
     prefect = str(Path(sys.executable).with_name("prefect"))
     env = {**os.environ, "ALIGNX_REPO": str(REPO_ROOT)}
     for pool in POOLS:
@@ -61,7 +63,4 @@ def deploy(gpu_slots: int) -> int:
     subprocess.run([prefect, "concurrency-limit", "create", "gpu", str(gpu_slots)], cwd=REPO_ROOT, env=env, check=True)
     before = schedule_states()
     rc = subprocess.call([prefect, "--no-prompt", "deploy", "--all"], cwd=REPO_ROOT, env=env)
-    if rc == 0:
-        for line in restore_schedule_states(before):
-            print(line)
-    return rc
+    return rc, restore_schedule_states(before) if rc == 0 else []

@@ -65,10 +65,11 @@ def _run(command: list[str], root: Path, env: dict[str, str], timeout: float = R
     return proc
 
 
-def _kill_while_hanging(point: str, command: list[str], root: Path, env: dict[str, str]) -> int:
-    """Start the command, wait until it hangs inside the stage, SIGKILL it; return its pid."""
+def _start_hanging(point: str, command: list[str], root: Path, env: dict[str, str],
+                   stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
+    """Start the command and wait until it hangs inside the stage (holding its lock)."""
     proc = subprocess.Popen([sys.executable, "-m", "tests.flows.hang", point, *_args(command, root)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     deadline = time.monotonic() + 300
     line = ""
     while time.monotonic() < deadline and "HANGING" not in line:
@@ -78,6 +79,12 @@ def _kill_while_hanging(point: str, command: list[str], root: Path, env: dict[st
             if not line and proc.poll() is not None:
                 break
     assert "HANGING" in line, f"alignx {' '.join(command)} never reached the hang point {point!r} (rc {proc.poll()})"
+    return proc
+
+
+def _kill_while_hanging(point: str, command: list[str], root: Path, env: dict[str, str]) -> int:
+    """Start the command, wait until it hangs inside the stage, SIGKILL it; return its pid."""
+    proc = _start_hanging(point, command, root, env)
     children = children_of(proc.pid)
     assert children, "the command runs no temporary server"
     proc.kill()
@@ -168,15 +175,7 @@ def test_sigterm_stops_a_run_cleanly(root, env):
 
     base = _base_model(root, env)
     command = ["eval", "--model", str(base), "--benchmarks", "xcopa", "--name", "sigterm"]
-    proc = subprocess.Popen([sys.executable, "-m", "tests.flows.hang", "evaluate", *_args(command, root)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    line = ""
-    while time.monotonic() < deadline and "HANGING" not in line:
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-        if ready:
-            line = proc.stdout.readline()
-    assert "HANGING" in line
+    proc = _start_hanging("evaluate", command, root, env, stderr=subprocess.PIPE)
     children = children_of(proc.pid)
     assert _dead_holders_locks(env, proc.pid), "the run holds no lock while evaluating (the case under test)"
     proc.send_signal(signal.SIGTERM)
