@@ -149,6 +149,46 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Per-GPU memory of each training stage under DDP, FSDP and LoRA; 0 when ``--strategy`` fits every stage."""
+    from alignx.config import load_profile
+    from alignx.model.base_models import BaseModelError
+    from alignx.plan import RESERVED_FRACTION, plan, usable_bytes
+
+    cfg = load_profile(args.profile, _overrides(args.set))
+    try:
+        rows = plan(cfg, args.gpus, args.gpu_memory)
+    except BaseModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    usable = usable_bytes(args.gpu_memory)
+
+    def gib(n: int) -> str:
+        return f"{n / 2**30:.1f}" if n >= 2**30 else f"{n / 2**30:.2g}"
+
+    shape = next(r.shape for r in rows if r.stage != "bootstrap")
+    print(f"model {shape.name}: {shape.params:,} parameters ({shape.layers} layers, hidden {shape.hidden}, "
+          f"{shape.heads}/{shape.kv_heads} heads, vocab {shape.vocab:,}, {'tied' if shape.tied else 'untied'})")
+    print(f"per-GPU GiB on {args.gpus} GPU(s) of {args.gpu_memory:g} GiB, {RESERVED_FRACTION:.0%} reserved for the "
+          f"CUDA context, NCCL buffers and fragmentation: {gib(usable)} GiB usable")
+    table = []
+    for r in rows:
+        e, ckpt = r.estimate, r.with_checkpointing
+        table.append({"stage": r.stage, "strategy": r.strategy, "params": gib(e.params), "grads": gib(e.grads),
+                      "optimizer": gib(e.optimizer), "activations": gib(e.activations), "total": gib(e.total),
+                      "fits": "yes" if r.fits else "no",
+                      "with gradient_checkpointing": "-" if ckpt is None else
+                      f"{gib(ckpt.total)} ({'fits' if ckpt.total <= usable else 'no'})"})
+    print(_table(table))
+    failing = [r.stage for r in rows if r.strategy == args.strategy and not r.fits]
+    if failing:
+        print(f"{args.strategy} does not fit {', '.join(failing)} (--strategy names the launch to check)",
+              file=sys.stderr)
+        return 1
+    print(f"{args.strategy} fits every training stage")
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Create the work pools and the ``gpu`` task concurrency limit, then register every deployment
     (a schedule a user switched on or off keeps that state across redeploys)."""
@@ -199,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_pipeline)
     p = with_profile(sub.add_parser("check", help="the preflight alone: config and every stage's inputs, all problems at once"))
     p.set_defaults(fn=cmd_check)
+    p = with_profile(sub.add_parser("plan", help="per-GPU memory of each training stage under DDP, FSDP and LoRA"))
+    p.add_argument("--gpus", type=int, default=1, help="GPUs the stages are launched on")
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="memory of one GPU in GiB")
+    p.add_argument("--strategy", choices=["ddp", "fsdp", "lora"], default="ddp",
+                   help="how the stages are launched (plain accelerate launch: ddp); exit 1 unless it fits")
+    p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("deploy", help="create pools and the gpu limit, register the deployments of prefect.yaml")
     p.add_argument("--gpu-slots", type=int, default=1, help="training stages allowed at once (one per GPU worker)")
     p.set_defaults(fn=cmd_deploy)

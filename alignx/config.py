@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -127,6 +127,19 @@ class DataConfig(Section):
 
 
 # ---------------------------------------------------------------- training
+class LoraConfig(Section):
+    """Low-rank adapters (peft) on the decoder's linear layers: the base weights stay frozen.
+
+    The alignment losses still act on the hidden states and stage 1's language-matching head still
+    trains; the adapters are merged into the weights when the stage writes its model.
+    """
+
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 class TrainConfig(Section):
     """One training run of the shared loop (bootstrap, stage 1 or stage 2)."""
 
@@ -148,6 +161,11 @@ class TrainConfig(Section):
     mask_prompt: bool = False  # exclude prompt tokens from L_lm
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
+    # "fsdp": FSDP2 (fully_shard per decoder layer) when several processes train; bf16 parameters with
+    # fp32 gradient reduction on GPUs; checkpoints through torch.distributed.checkpoint (a resume on
+    # another world size reshards). "none": every process holds the whole model (DDP).
+    sharding: Literal["none", "fsdp"] = "none"
+    lora: LoraConfig | None = None  # None: full fine-tuning
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
     seed: int = 0
@@ -158,6 +176,26 @@ class TrainConfig(Section):
             raise ValueError(f"global_batch_size={self.global_batch_size} is not a multiple of micro_batch_size="
                              f"{self.micro_batch_size} (accumulation = global / (micro x processes))")
         return self
+
+    @model_validator(mode="after")
+    def _check_sharding(self) -> "TrainConfig":
+        if self.sharding == "fsdp" and self.mixed_precision == "fp16":
+            raise ValueError("sharding 'fsdp' trains in bf16 or float32: set mixed_precision to bf16, no or auto "
+                             "(fp16 needs a gradient scaler over sharded gradients, which the sharded path does not keep)")
+        if self.sharding == "fsdp" and self.lora is not None:
+            raise ValueError("lora is for one GPU (or replicated processes): leave sharding 'none' with lora")
+        return self
+
+
+class LaunchConfig(Section):
+    """How a training stage runs: in the task's own process, or as a fresh process group.
+
+    ``processes`` 1 trains in the calling process (the default; what a machine without GPUs wants);
+    N > 1 or "gpus" (one per visible GPU) starts ``torchrun`` with that many processes (NCCL on GPUs,
+    gloo on the CPU), whose log lines and progress stream into the task's.
+    """
+
+    processes: Annotated[int, Field(ge=1)] | Literal["gpus"] = 1
 
 
 class ModelSpec(Section):
@@ -305,6 +343,7 @@ class PipelineConfig(Section):
     # another. More is for stages that a gpu concurrency limit or the GPU pool's workers bound: on one
     # CPU or device, in-process stages would otherwise share it (and its global RNG) by surprise.
     parallel_stages: int = Field(1, ge=1)
+    launch: LaunchConfig = LaunchConfig()
 
     _check_pivot = field_validator("pivot")(check_language_codes)
     _check_languages = field_validator("languages")(check_language_codes)

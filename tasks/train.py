@@ -12,20 +12,23 @@ from pathlib import Path
 from prefect import task
 from prefect.logging import get_run_logger
 
+from alignx import launch
 from alignx.artefacts import Artefact
 from alignx.config import PipelineConfig, fingerprint
 from alignx.model import base_models
-from alignx.train import stages
 from tasks.caching import file_fingerprints, retry_transient, stage_cache
 from tasks.observe import ProgressReporter, stage1_run_name
 
 TRAIN_CODE = ("alignx/data", "alignx/model", "alignx/train")
 _RETRY = dict(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
-STAGE2_SECTIONS = ["stage2", "languages", "pivot", "stage1.align_layer"]  # stage2.general: by file content too
+# launch: the number of processes fixes the global batch when train.global_batch_size is not set
+STAGE2_SECTIONS = ["stage2", "languages", "pivot", "stage1.align_layer", "launch"]  # stage2.general: by file content too
 
 
 def _with_oom_fallback(run: Callable[[PipelineConfig], Artefact], cfg: PipelineConfig, section: str) -> Artefact:
     """Run; on out-of-memory, retry once with gradient checkpointing (never a smaller micro-batch).
+
+    A launched stage's out-of-memory (``alignx.launch.OutOfMemoryError``) retries as a new process group.
 
     The retry starts only after the failed attempt is gone: its exception's traceback holds the frames
     that hold its model, optimizer and activations, so it is dropped and collected (and the CUDA cache
@@ -41,6 +44,13 @@ def _with_oom_fallback(run: Callable[[PipelineConfig], Artefact], cfg: PipelineC
     get_run_logger().warning("%s ran out of memory (%s); retrying with gradient checkpointing", section, message)
     return run(cfg.model_copy(update={section: getattr(cfg, section).model_copy(
         update={"train": getattr(cfg, section).train.model_copy(update={"gradient_checkpointing": True})})}))
+
+
+def _run_stage(stage: str, args: dict, cfg: PipelineConfig, progress: ProgressReporter) -> Artefact:
+    """The stage here, or as a launched process group whose log lines join this task's log."""
+    logger = get_run_logger()
+    return launch.run_stage(stage, {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}, cfg,
+                            progress=progress, on_line=lambda line: logger.info("%s", line))
 
 
 def release_memory() -> None:
@@ -73,25 +83,28 @@ def prepare_base(source_fp: str, cfg: PipelineConfig) -> Artefact:
 
 # Bootstrap checks stage1.align_layer against the model it builds and records it for later stages;
 # stage 2 records it too when its input model has none (a given base model): both are keyed on it.
-@task(name="bootstrap", cache_policy=stage_cache(["bootstrap", "languages", "pivot", "stage1.align_layer"], TRAIN_CODE),
+@task(name="bootstrap", cache_policy=stage_cache(["bootstrap", "languages", "pivot", "stage1.align_layer", "launch"],
+                                                 TRAIN_CODE),
       persist_result=True, tags=["gpu"], **_RETRY)
 def bootstrap(shards: Artefact, cfg: PipelineConfig) -> Artefact:
     """Train the offline base model (SentencePiece tokenizer + small Llama) on the train shards."""
     out = model_dir(cfg, "base", shards.fingerprint, cfg.bootstrap)
     return _with_oom_fallback(
-        lambda c: stages.bootstrap_base_model(Path(shards.path), c, out, progress=ProgressReporter("bootstrap", "bootstrap pretraining")),
+        lambda c: _run_stage("bootstrap", {"shards": shards.path, "out": out}, c,
+                             ProgressReporter("bootstrap", "bootstrap pretraining")),
         cfg, "bootstrap")
 
 
-@task(name="stage1", task_run_name=stage1_run_name, cache_policy=stage_cache(["stage1", "languages", "pivot"], TRAIN_CODE),
+@task(name="stage1", task_run_name=stage1_run_name,
+      cache_policy=stage_cache(["stage1", "languages", "pivot", "launch"], TRAIN_CODE),
       persist_result=True, tags=["gpu"], **_RETRY)
 def stage1(base: Artefact, shards: Artefact, cfg: PipelineConfig, control: bool = False) -> Artefact:
     """Stage-1 alignment pre-training; ``control`` trains the same steps with both lambdas at 0."""
     arm = "control" if control else "alignx"
     out = model_dir(cfg, f"{arm}-stage1", base.fingerprint, shards.fingerprint, cfg.stage1, control)
     return _with_oom_fallback(
-        lambda c: stages.train_stage1(base.path, Path(shards.path), c, out, control=control,
-                                      progress=ProgressReporter(f"stage1-{arm}", f"stage 1 ({arm})")),
+        lambda c: _run_stage("stage1", {"model": base.path, "shards": shards.path, "out": out, "control": control}, c,
+                             ProgressReporter(f"stage1-{arm}", f"stage 1 ({arm})")),
         cfg, "stage1")
 
 
@@ -102,6 +115,6 @@ def stage2(model: Artefact, shards: Artefact, cfg: PipelineConfig, arm: str) -> 
     out = model_dir(cfg, f"{arm}-stage2", model.fingerprint, shards.fingerprint, cfg.stage2,
                     file_fingerprints(cfg, STAGE2_SECTIONS))  # a changed instruction file: a new model
     return _with_oom_fallback(
-        lambda c: stages.train_stage2(model.path, Path(shards.path), c, out,
-                                      progress=ProgressReporter(f"stage2-{arm}", f"stage 2 ({arm})")),
+        lambda c: _run_stage("stage2", {"model": model.path, "shards": shards.path, "out": out}, c,
+                             ProgressReporter(f"stage2-{arm}", f"stage 2 ({arm})")),
         cfg, "stage2")

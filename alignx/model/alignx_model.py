@@ -140,9 +140,13 @@ class AlignXModel(nn.Module):
             loss = loss + self.lambda_lam * l_lam
         return LossParts(loss, float(l_lm.detach()), float(l_ctr.detach()), float(l_lam.detach()), usable)
 
-    def save_head(self, directory: Path) -> None:
-        """Write the language-matching head beside a checkpoint (stage 2 does not load it)."""
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.lam_head.state_dict().items()}
+    def save_head(self, directory: Path, state: dict[str, Tensor] | None = None) -> None:
+        """Write the language-matching head beside a checkpoint (stage 2 does not load it).
+
+        ``state``: the head's weights when the module's own are sharded (gathered by the loop).
+        """
+        state = self.lam_head.state_dict() if state is None else state
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         save_file(tensors, str(Path(directory) / LAM_HEAD_FILE))
 
     def load_head(self, directory: Path) -> None:

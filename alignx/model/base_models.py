@@ -324,8 +324,12 @@ def load_gguf(gguf: Path) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def plain_copy(loaded: Any, dtype: str) -> Any:
-    """The same weights in a model built from the config, without the GGUF quantizer (so it saves)."""
+def plain_copy(loaded: Any, dtype: str, state: dict[str, Any] | None = None) -> Any:
+    """The same weights in a model built from the config, without the GGUF quantizer (so it saves).
+
+    ``state``: the weights to put in, when ``loaded``'s own are not plain tensors (a sharded model's,
+    gathered); default ``loaded.state_dict()``.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -333,7 +337,7 @@ def plain_copy(loaded: Any, dtype: str) -> Any:
     if hasattr(config, "quantization_config"):  # else from_pretrained of the copy would take it for GGUF
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-    model.load_state_dict(loaded.state_dict())  # strict: every tensor has its place
+    model.load_state_dict(loaded.state_dict() if state is None else state)  # strict: every tensor has its place
     model.generation_config = copy.deepcopy(loaded.generation_config)
     return model
 

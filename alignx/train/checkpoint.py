@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +52,12 @@ class Resumed:
 
 
 def save_checkpoint(
-    work_dir: Path, run_key: str, step: int, model: torch.nn.Module, optimizer, scheduler
+    work_dir: Path, run_key: str, step: int, model: torch.nn.Module, optimizer, scheduler, scaler=None
 ) -> None:
-    """Write the full training state for ``step`` (optimizer steps done), replacing the previous one."""
+    """Write the full training state for ``step`` (optimizer steps done), replacing the previous one.
+
+    ``scaler``: fp16's gradient scaler, whose loss scale is part of the trajectory.
+    """
     state = {
         "run_key": run_key,
         "step": step,
@@ -60,6 +65,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
     }
     with atomic_dir(Path(work_dir) / CHECKPOINT_DIR) as tmp:
         torch.save(state, tmp / STATE_FILE)
@@ -67,7 +73,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    work_dir: Path, run_key: str, model: torch.nn.Module, optimizer, scheduler
+    work_dir: Path, run_key: str, model: torch.nn.Module, optimizer, scheduler, scaler=None
 ) -> Resumed | None:
     """Restore the last checkpoint of this run into the given objects; None when there is none."""
     path = Path(work_dir) / CHECKPOINT_DIR / STATE_FILE
@@ -81,8 +87,83 @@ def load_checkpoint(
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     log.info("resuming from %s at step %d", path, state["step"])
+    return Resumed(step=int(state["step"]))
+
+
+# ---------------------------------------------------------------- sharded (FSDP2) checkpoints
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def save_sharded_checkpoint(
+    work_dir: Path, run_key: str, step: int, model: torch.nn.Module, optimizer, scheduler, *, is_main: bool
+) -> None:
+    """Every process writes its shards (``torch.distributed.checkpoint``) into one temporary folder;
+    the main one adds the run key, scheduler and RNG state and renames the folder into place.
+
+    The temporary folder's name is the same on every process (they must agree without talking); a
+    folder a killed run left under that name is cleared first, and the work dir is removed with the
+    stage's success.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    work_dir = Path(work_dir)
+    tmp = work_dir / f".{CHECKPOINT_DIR}.sharded-step{step}"
+    model_state, optim_state = get_state_dict(model, optimizer)
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp))
+    _barrier()
+    if is_main:
+        torch.save({"run_key": run_key, "step": step, "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                   tmp / STATE_FILE)
+        (tmp / "meta.json").write_text(json.dumps({"run_key": run_key, "step": step, "format": "dcp"}),
+                                       encoding="utf-8")
+        final = work_dir / CHECKPOINT_DIR
+        if final.exists():
+            trash = work_dir / f".{CHECKPOINT_DIR}.old-step{step}"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    _barrier()
+
+
+def load_sharded_checkpoint(work_dir: Path, run_key: str, model: torch.nn.Module, optimizer, scheduler) -> Resumed | None:
+    """Restore a sharded checkpoint into this run's (possibly differently) sharded model and optimizer."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    folder = Path(work_dir) / CHECKPOINT_DIR
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file (scheduler, RNG)
+    if state.get("run_key") != run_key:
+        log.warning("ignoring checkpoint %s: it belongs to another run (config, data or model differ)", folder)
+        return None
+    if not (folder / ".metadata").is_file():
+        log.warning("ignoring checkpoint %s: it is not a sharded checkpoint (was the run started with sharding "
+                    "'none'?)", folder)
+        return None
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    log.info("resuming from %s at step %d (sharded)", folder, state["step"])
     return Resumed(step=int(state["step"]))
 
 

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from alignx.config import TrainConfig, fingerprint
 from alignx.data.collate import TrainExample, collate, micro_batch_schedule
 from alignx.records import TRAIN_LOG, read_log
-from alignx.train.checkpoint import load_checkpoint, save_checkpoint, truncate_log
+from alignx.train.checkpoint import truncate_log
+from alignx.train.parallel import Replicated, Sharded
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class TrainResult:
     log_path: Path
     resumed_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # the objective's weights gathered on the main process when they were sharded (else None: the
+    # caller's modules hold them); see ``alignx.train.parallel.sub_state``
+    full_state: dict[str, torch.Tensor] | None = None
 
 
 def mixed_precision_mode(setting: str) -> str:
@@ -134,6 +138,19 @@ def set_activation_checkpointing(lm: nn.Module, on: bool) -> None:
         lm.gradient_checkpointing_disable()
 
 
+def mean_over_processes(metrics: dict[str, float], world: int) -> dict[str, float]:
+    """The step's loss parts over the whole global batch (each process saw its own micro-batches)."""
+    if world == 1:
+        return metrics
+    import torch.distributed as dist
+
+    values = torch.tensor(list(metrics.values()), dtype=torch.float64)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    values = values.to(device)
+    dist.all_reduce(values)
+    return {k: float(v) / world for k, v in zip(metrics, values.cpu().tolist())}
+
+
 def batch_fingerprint(input_ids: torch.Tensor) -> str:
     """Short hash of a micro-batch's token ids: two runs saw the same batch iff these match."""
     return hashlib.blake2b(input_ids.cpu().numpy().tobytes(), digest_size=8).hexdigest()
@@ -174,12 +191,15 @@ def train(
 
     if cfg.gradient_checkpointing:
         set_activation_checkpointing(objective.lm, True)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg, steps)
-    model, optimizer = accelerator.prepare(objective, optimizer)
+    strategy = (Sharded(accelerator, mixed_precision_mode(cfg.mixed_precision)) if cfg.sharding == "fsdp"
+                else Replicated(accelerator))
 
-    resumed = load_checkpoint(work_dir, key, accelerator.unwrap_model(model), optimizer, scheduler)
+    def make_optimizer(params: list[nn.Parameter]):
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return optimizer, make_scheduler(optimizer, cfg, steps)
+
+    optimizer, scheduler = strategy.setup(objective, make_optimizer)
+    resumed = strategy.load(work_dir, key)
     start = resumed.step if resumed else 0
     # one log per process (only the main one's is the run's log), so processes never share a file
     log_path = work_dir / (TRAIN_LOG if accelerator.is_main_process else f"rank{accelerator.process_index}-{TRAIN_LOG}")
@@ -188,7 +208,7 @@ def train(
     else:
         log_path.unlink(missing_ok=True)
 
-    model.train()
+    strategy.model.train()
     bar = tqdm(total=steps, initial=start, desc=desc, disable=None if accelerator.is_main_process else True)
     with log_path.open("a", encoding="utf-8") as log_file:
         for step in range(start, steps):
@@ -200,18 +220,11 @@ def train(
                 batch = collate([examples[i] for i in schedule[slot]], pad_id, cfg.padding_side, cfg.mask_prompt)
                 hashes.append(batch_fingerprint(batch["input_ids"]))
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        out = model(batch)
-                    accelerator.backward(out.loss)
-                    if accelerator.sync_gradients and cfg.grad_clip > 0:
-                        accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad()
+                out = strategy.forward_backward(batch, last=micro == accum - 1, grad_clip=cfg.grad_clip)
                 parts.append(out.as_dict())
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
-            metrics = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
+            metrics = mean_over_processes({k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}, world)
             record = {"step": step + 1, "lr": lr, **metrics, "step_s": round(time.perf_counter() - started, 4),
                       "batches": hashes}
             log_file.write(json.dumps(record) + "\n")
@@ -223,17 +236,17 @@ def train(
                          " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
                 log_file.flush()
-                if accelerator.is_main_process:  # one writer; every process resumes from it
-                    save_checkpoint(work_dir, key, step + 1, accelerator.unwrap_model(model), optimizer, scheduler)
-                accelerator.wait_for_everyone()
+                strategy.save(work_dir, key, step + 1)
             if progress is not None:
                 progress(step + 1, steps, metrics)
     bar.close()
     accelerator.wait_for_everyone()
+    full_state = strategy.full_state()
     records = read_log(log_path)
     window = records[-min(cfg.log_every, len(records)):]
     final = {k: sum(r[k] for r in window) / len(window) for k in ("loss", "lm", "ctr", "lam")}
     if cfg.gradient_checkpointing:
         set_activation_checkpointing(objective.lm, False)
     accelerator.free_memory()
-    return TrainResult(steps=steps, final=final, log_path=log_path, resumed_from=resumed.step if resumed else None)
+    return TrainResult(steps=steps, final=final, log_path=log_path, resumed_from=resumed.step if resumed else None,
+                       full_state=full_state)

@@ -31,6 +31,7 @@ from alignx.model.bootstrap import (
 )
 from alignx.records import RUN_RECORD, TRAIN_LOG, read_run_record
 from alignx.train.loop import Progress, TrainResult, process_state, train
+from alignx.train.parallel import sub_state
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,16 @@ def _inherited_align_layer(model: str, cfg: PipelineConfig, n_layers: int | None
     return layer if 1 <= layer <= n_layers else default_align_layer(n_layers)
 
 
+def _trained(lm, result: TrainResult):
+    """The trained causal LM to save: ``lm`` itself, or, after a sharded run, a plain model built from
+    its config that holds the weights gathered on this (the main) process."""
+    if result.full_state is None:
+        return lm
+    from alignx.model.base_models import plain_copy
+
+    return plain_copy(lm, "float32", state=sub_state(result.full_state, "lm."))
+
+
 def _model_key(model: str) -> str:
     marker = read_marker(Path(model)) if Path(model).is_dir() else None
     return marker.fingerprint if marker else model
@@ -221,7 +232,7 @@ def bootstrap_base_model(shards_dir: Path, cfg: PipelineConfig, out_dir: Path, p
                    progress=progress, desc="bootstrap")
 
     def write(tmp: Path) -> None:
-        lm.save_pretrained(tmp)
+        _trained(lm, result).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
     record = {"stage": "bootstrap", "config": boot.model_dump(mode="json"), "base_model": None,
@@ -263,9 +274,9 @@ def train_stage1(
                    progress=progress, desc="stage1-control" if control else "stage1")
 
     def write(tmp: Path) -> None:
-        lm.save_pretrained(tmp)
+        _trained(lm, result).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        objective.save_head(tmp)
+        objective.save_head(tmp, None if result.full_state is None else sub_state(result.full_state, "lam_head."))
 
     record = {"stage": "stage1", "control": control, "config": s1.model_dump(mode="json"),
               "base_model": base_model, "align_layer": align_layer, "languages": languages,
@@ -297,7 +308,7 @@ def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Pat
                    run_key=key, progress=progress, desc="stage2")
 
     def write(tmp: Path) -> None:
-        lm.save_pretrained(tmp)
+        _trained(lm, result).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
     record = {"stage": "stage2", "config": s2.model_dump(mode="json"), "base_model": model,

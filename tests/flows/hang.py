@@ -29,16 +29,16 @@ def install(point: str) -> None:
 
         stages.write_shard_set = write_then_hang
     elif point == "stage1-checkpoint":
-        from alignx.train import loop
+        from alignx.train import parallel
 
-        save = loop.save_checkpoint
+        save = parallel.save_checkpoint
 
         def save_then_hang(*args: Any, **kwargs: Any) -> Any:
             result = save(*args, **kwargs)
             _hang()
             return result
 
-        loop.save_checkpoint = save_then_hang
+        parallel.save_checkpoint = save_then_hang
     elif point == "evaluate":
         from alignx.eval import runner
 

@@ -40,16 +40,18 @@ TASKS: dict[str, tuple[Any, dict[str, Any], set[str]]] = {
     # write_shards: the shard layout; everything else of data reaches it through the filtered artefact
     "shard": (data_tasks.shard, {"filtered": _art("filtered")}, {"data.shard"}),
     "prepare-base": (train_tasks.prepare_base, {"source_fp": "base-fp"}, {"base_model", "base_model_dtype"}),
+    # training stages also read launch.processes (alignx.launch.run_stage): without a global batch size,
+    # the number of processes sets it
     # bootstrap_base_model: its section, the training languages, and validate_stage's align layer,
     # which the base model's run record keeps for later stages
     "bootstrap": (train_tasks.bootstrap, {"shards": _art("shards")},
-                  {"bootstrap", "languages", "pivot", "stage1.align_layer"}),
+                  {"bootstrap", "languages", "pivot", "stage1.align_layer", "launch"}),
     "stage1": (train_tasks.stage1, {"base": _art("base"), "shards": _art("shards"), "control": False},
-               {"stage1", "languages", "pivot"}),
+               {"stage1", "languages", "pivot", "launch"}),
     # train_stage2: its section (general instruction files by content too), the training languages, and
     # _inherited_align_layer, which falls back on stage1.align_layer for a model without a run record
     "stage2": (train_tasks.stage2, {"model": _art("stage1"), "shards": _art("shards"), "arm": "alignx"},
-               {"stage2", "languages", "pivot", "stage1.align_layer"}),
+               {"stage2", "languages", "pivot", "stage1.align_layer", "launch"}),
     # runner.evaluate_model / plan_evaluation: eval (recorded whole in metrics.json), the layer default,
     # off-target LID, the mirror, and data.sources (alignment on a set the run trains on is refused)
     "evaluate": (eval_tasks.evaluate, {"model": _art("final"), "benchmark_fingerprint": "bench-fp", "name": "alignx"},

@@ -1,0 +1,163 @@
+"""Run a training stage in the calling process, or as a fresh process group under ``torchrun``.
+
+``run_stage`` is what the training tasks call. With ``launch.processes`` 1 the stage runs here (the
+default, and what a machine without GPUs wants). Otherwise it writes the call to a file and starts
+``torchrun --standalone --nproc-per-node N -m alignx.train.worker <call>``: one process per GPU (NCCL)
+or N gloo processes on the CPU. The children's log lines go to ``on_line`` as they come, their
+progress to ``progress``, and their end becomes the return value or an exception:
+
+- the stage's result -> the ``Artefact`` the main process wrote;
+- out of memory in any process -> ``OutOfMemoryError`` (the task's fallback starts a new group with
+  activation checkpointing);
+- an error in a process -> ``StageFailed`` with that process's one-line message;
+- the group died without a word (a signal, the kernel's OOM killer, a lost node) -> ``WorkersLost``,
+  an ``OSError``, which a retry resumes from the last checkpoint.
+
+The process group dies with its caller: ``torchrun`` runs under a guard that asks the kernel to stop
+it when the caller dies, and each worker does the same towards ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alignx.artefacts import Artefact
+from alignx.config import REPO_ROOT, PipelineConfig
+from alignx.train.worker import PROTOCOL, die_with_parent, run_stage as run_stage_here
+
+LineSink = Callable[[str], None]
+Progress = Callable[[int, int, dict[str, float]], None]
+_TAIL = 40  # log lines kept for the message of a group that dies without one
+
+
+class StageFailed(RuntimeError):
+    """A launched stage raised an error in one of its processes (bad input or a bug: not retried)."""
+
+
+class OutOfMemoryError(RuntimeError):
+    """A launched stage ran out of memory (named like torch's, which the task's fallback looks for)."""
+
+
+class WorkersLost(ChildProcessError):
+    """The process group ended without a result or an error message (killed, lost): transient."""
+
+
+def world_size(setting: int | str) -> int:
+    """Processes for ``launch.processes``: the number given, or one per visible GPU for "gpus"."""
+    if setting == "gpus":
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return int(setting)
+
+
+def run_stage(
+    stage: str,
+    args: dict[str, Any],
+    cfg: PipelineConfig,
+    *,
+    progress: Progress | None = None,
+    on_line: LineSink | None = None,
+    worker_module: str = "alignx.train.worker",
+) -> Artefact:
+    """Run ``stage`` (bootstrap, stage1, stage2) with ``args`` (paths as strings, ``out``, ``control``).
+
+    ``worker_module`` is the entry point each process runs (tests wrap the standard one).
+    """
+    processes = world_size(cfg.launch.processes)
+    if processes == 1:
+        return run_stage_here(stage, args, cfg, progress)
+    return launch(stage, args, cfg, processes, progress=progress, on_line=on_line, worker_module=worker_module)
+
+
+def launch(
+    stage: str,
+    args: dict[str, Any],
+    cfg: PipelineConfig,
+    processes: int,
+    *,
+    progress: Progress | None = None,
+    on_line: LineSink | None = None,
+    worker_module: str = "alignx.train.worker",
+) -> Artefact:
+    """Start the stage as ``processes`` processes and wait for it (see the module doc)."""
+    out = Path(args["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f".{out.name}.call-", dir=out.parent,
+                                     delete=False, encoding="utf-8") as fh:
+        json.dump({"stage": stage, "args": args, "config": cfg.model_dump(mode="json")}, fh)
+        call_file = Path(fh.name)
+    command = [sys.executable, "-m", "alignx.launch", "--standalone", f"--nproc-per-node={processes}",
+               "-m", worker_module, str(call_file)]
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    sink = on_line or (lambda line: None)
+    sink(f"launching {stage} as {processes} processes: {' '.join(command[3:])}")
+    result: Artefact | None = None
+    failure: dict[str, Any] | None = None
+    oom: dict[str, Any] | None = None
+    tail: collections.deque[str] = collections.deque(maxlen=_TAIL)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, errors="replace", env=env, cwd=REPO_ROOT, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            if not line.startswith(PROTOCOL):
+                tail.append(line)
+                sink(line)
+                continue
+            kind, _, payload = line[len(PROTOCOL):].partition(" ")
+            message = json.loads(payload)
+            if kind == "progress" and progress is not None:
+                progress(message["done"], message["total"], message["metrics"])
+            elif kind == "result":
+                result = Artefact.model_validate(message)
+            elif kind == "oom":
+                oom = oom or message
+            elif kind == "error":
+                failure = failure or message
+        code = proc.wait()
+    finally:
+        _stop(proc)
+        call_file.unlink(missing_ok=True)
+    if oom is not None:
+        raise OutOfMemoryError(f"{stage} ran out of memory in process {oom['rank']}: {oom['message']}")
+    if failure is not None:
+        raise StageFailed(f"{stage} failed in process {failure['rank']} of {processes}: "
+                          f"{failure['type']}: {failure['message']}")
+    if code != 0 or result is None:
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        raise WorkersLost(f"{stage}: the process group of {processes} ended ({how}) without a result; a rerun "
+                          f"resumes from the last checkpoint. Last lines:\n" + "\n".join(tail))
+    return result
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the group if it is still running (the caller was interrupted): ask, then insist."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+if __name__ == "__main__":  # torchrun's agent, stopped by the kernel when the launching process dies
+    die_with_parent()
+    from torch.distributed.run import main as torchrun_main
+
+    torchrun_main(sys.argv[1:])

@@ -1,0 +1,151 @@
+"""How the loop's processes hold the model: replicated (accelerate, DDP) or sharded (FSDP2).
+
+The training loop asks a strategy for the same five things either way: set up model and optimizer,
+run one micro-batch forward and backward, take an optimizer step, save or load a checkpoint, and hand
+over the trained weights. ``Replicated`` is accelerate's data parallelism (every process holds the
+whole model). ``Sharded`` applies ``torch.distributed.fsdp.fully_shard`` to each decoder layer and
+then to the whole objective, so each process holds 1/world of parameters, gradients and optimizer
+state; its checkpoints go through ``torch.distributed.checkpoint`` and the final weights are gathered
+to rank 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from torch import nn
+
+from alignx.train.checkpoint import (
+    Resumed, load_checkpoint, load_sharded_checkpoint, save_checkpoint, save_sharded_checkpoint,
+)
+
+OptimizerFactory = Callable[[list[nn.Parameter]], tuple[torch.optim.Optimizer, Any]]
+
+
+def decoder_layers(lm: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a transformers causal LM (Llama, Qwen3, Gemma 3: ``lm.model.layers``)."""
+    inner = getattr(lm, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(lm).__name__}: no decoder layers at .model.layers to shard one by one")
+    return layers
+
+
+class Replicated:
+    """Every process holds the whole model; accelerate averages gradients (DDP) and scales fp16 losses."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.model: nn.Module | None = None
+
+    def setup(self, objective: nn.Module, make_optimizer: OptimizerFactory) -> tuple[torch.optim.Optimizer, Any]:
+        optimizer, scheduler = make_optimizer([p for p in objective.parameters() if p.requires_grad])
+        self.model, self.optimizer = self.accelerator.prepare(objective, optimizer)
+        self.scheduler = scheduler
+        return self.optimizer, scheduler
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], last: bool, grad_clip: float):
+        """One micro-batch; on the last of an accumulation round the optimizer steps."""
+        acc = self.accelerator
+        with acc.accumulate(self.model):
+            with acc.autocast():
+                out = self.model(batch)
+            acc.backward(out.loss)
+            if acc.sync_gradients and grad_clip > 0:
+                acc.clip_grad_norm_(self.model.parameters(), grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        return out
+
+    def save(self, work_dir: Path, run_key: str, step: int) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:  # one writer; every process resumes from it
+            save_checkpoint(work_dir, run_key, step, acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+                            scaler=acc.scaler)
+        acc.wait_for_everyone()
+
+    def load(self, work_dir: Path, run_key: str) -> Resumed | None:
+        acc = self.accelerator
+        return load_checkpoint(work_dir, run_key, acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+                               scaler=acc.scaler)
+
+    def full_state(self) -> dict[str, torch.Tensor] | None:
+        """The trained weights live in the caller's modules: nothing to gather."""
+        return None
+
+
+class Sharded(Replicated):
+    """FSDP2: parameters, gradients and optimizer state sharded over the processes.
+
+    bf16 compute with fp32 gradient reduction when the run is in bf16 (GPUs); float32 on the CPU.
+    With one process nothing is sharded, but checkpoints keep the sharded format, so a run can resume
+    on another number of processes (``torch.distributed.checkpoint`` reshards on load).
+    """
+
+    def __init__(self, accelerator: Accelerator, mixed_precision: str):
+        super().__init__(accelerator)
+        self.mixed_precision = mixed_precision
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def setup(self, objective: nn.Module, make_optimizer: OptimizerFactory) -> tuple[torch.optim.Optimizer, Any]:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        device = self.accelerator.device
+        if self.distributed:
+            policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                      if self.mixed_precision == "bf16" else MixedPrecisionPolicy())
+            mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+            for layer in decoder_layers(objective.lm):
+                fully_shard(layer, mesh=mesh, mp_policy=policy)
+            fully_shard(objective, mesh=mesh, mp_policy=policy)  # embeddings, final norm, lm head, L_lam head
+        else:
+            objective.to(device)
+        self.model = objective
+        self.optimizer, self.scheduler = make_optimizer([p for p in objective.parameters() if p.requires_grad])
+        self._accum = self.accelerator.gradient_accumulation_steps
+        self._micro = 0
+        return self.optimizer, self.scheduler
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], last: bool, grad_clip: float):
+        sync = last or not self.distributed
+        if self.distributed:
+            self.model.set_requires_gradient_sync(sync)  # reduce-scatter once per optimizer step
+        if self.distributed or self.mixed_precision == "no":
+            out = self.model(batch)  # the policy casts parameters; no autocast
+        else:
+            with self.accelerator.autocast():
+                out = self.model(batch)
+        (out.loss / self._accum).backward()
+        if last:
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        return out
+
+    def save(self, work_dir: Path, run_key: str, step: int) -> None:
+        save_sharded_checkpoint(work_dir, run_key, step, self.model, self.optimizer, self.scheduler,
+                                is_main=self.accelerator.is_main_process)
+
+    def load(self, work_dir: Path, run_key: str) -> Resumed | None:
+        return load_sharded_checkpoint(work_dir, run_key, self.model, self.optimizer, self.scheduler)
+
+    def full_state(self) -> dict[str, torch.Tensor] | None:
+        """Every process joins the gather; rank 0 gets the objective's full state dict (on the CPU)."""
+        if not self.distributed:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if self.accelerator.is_main_process else None
+
+
+def sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of a module's state dict under ``prefix`` (``"lm."``), with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -1,0 +1,85 @@
+"""One process of a launched training stage: ``python -m alignx.train.worker <call.json>`` under torchrun.
+
+The launcher (``alignx.launch``) writes the call (stage, arguments, config) and reads this process's
+stdout. Lines that start with ``@alignx`` are messages to it (progress, the result, a failure); every
+other line is log text. Only the main process reports progress and the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PROTOCOL = "@alignx "
+OOM_EXIT = 75  # the stage ran out of memory; the launcher may retry with activation checkpointing
+
+
+def emit(kind: str, payload: dict[str, Any]) -> None:
+    """One message to the launcher, on one line (lines of two processes never interleave mid-line)."""
+    sys.stdout.write(f"{PROTOCOL}{kind} {json.dumps(payload, default=str)}\n")
+    sys.stdout.flush()
+
+
+def die_with_parent() -> None:
+    """Linux: this process is killed when its parent (torchrun's agent) dies, however it dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_stage(stage: str, args: dict[str, Any], cfg, progress: Callable | None = None):
+    """Run one training stage in this process (``args`` as ``alignx.launch.stage_args`` builds them)."""
+    from alignx.train import stages
+
+    out = Path(args["out"])
+    if stage == "bootstrap":
+        return stages.bootstrap_base_model(Path(args["shards"]), cfg, out, progress=progress)
+    if stage == "stage1":
+        return stages.train_stage1(args["model"], Path(args["shards"]), cfg, out, control=bool(args.get("control")),
+                                   progress=progress)
+    if stage == "stage2":
+        return stages.train_stage2(args["model"], Path(args["shards"]), cfg, out, progress=progress)
+    raise ValueError(f"unknown stage {stage!r}; known: bootstrap, stage1, stage2")
+
+
+def main(call_file: str) -> int:
+    die_with_parent()
+    import torch
+
+    from alignx.config import parse_config
+    from alignx.train.loop import process_state
+
+    call = json.loads(Path(call_file).read_text(encoding="utf-8"))
+    cfg = parse_config(call["config"], source=call_file)
+    state = process_state()
+    logging.basicConfig(level=logging.INFO if state.is_main_process else logging.WARNING, stream=sys.stdout,
+                        format=f"[rank {state.process_index}] %(levelname)s %(name)s: %(message)s")
+
+    def progress(done: int, total: int, metrics: dict[str, float]) -> None:
+        emit("progress", {"done": done, "total": total, "metrics": metrics})
+
+    try:
+        artefact = run_stage(call["stage"], call["args"], cfg, progress if state.is_main_process else None)
+    except torch.OutOfMemoryError as exc:
+        emit("oom", {"rank": state.process_index, "message": (str(exc).splitlines() or ["out of memory"])[0]})
+        return OOM_EXIT
+    except Exception as exc:  # the launcher shows this line; the traceback goes to the log
+        traceback.print_exc(file=sys.stdout)
+        emit("error", {"rank": state.process_index, "type": type(exc).__name__, "message": str(exc)})
+        return 1
+    if state.is_main_process:
+        emit("result", artefact.model_dump(mode="json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

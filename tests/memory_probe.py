@@ -1,0 +1,86 @@
+"""Peak memory of real CPU training steps, for tests/test_plan.py: ``python memory_probe.py JSON``.
+
+JSON is a list of {"model_type", "config", "batch", "seq", "pad", "bf16"} (bf16: the forward under CPU
+autocast to bfloat16, as the loop's mixed precision does on a GPU). For each model: a one-layer warm-up
+of the same architecture (so code pages and one-time buffers are in the baseline), then the baseline,
+the peak reset (/proc/self/clear_refs 5), a short step that allocates the gradients and AdamW's state,
+and a full padded step, measured. Run with MALLOC_MMAP_THRESHOLD_=65536 so freed tensors go back to
+the system and resident memory follows live tensors. Prints one JSON list: bytes over the baseline
+after building the model, after the steps (params + grads + optimizer state) and at the peak.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from alignx.model.losses import lm_loss
+
+
+def memory() -> dict[str, int]:
+    fields = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssFile"):
+                fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def batch(vocab: int, size: int, seq: int, pad: int) -> dict[str, torch.Tensor]:
+    """Random tokens, the first row left-padded by ``pad``, as the training loop's collation pads."""
+    ids = torch.randint(0, vocab, (size, seq), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(size, seq, dtype=torch.long)
+    mask[0, :pad] = 0
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+            "labels": ids.masked_fill(mask == 0, -100)}
+
+
+def train(config, size: int, seq: int, pad: int, bf16: bool) -> tuple[int, int]:
+    """Build, take a short step and a full one as the stage loop does; RSS after building and after the steps."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.train()
+    built = memory()["VmRSS"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for seq_len, pad_len in ((8, 1), (seq, pad)):
+        b = batch(config.vocab_size, size, seq_len, pad_len)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                        position_ids=b["position_ids"], output_hidden_states=True, use_cache=False)
+        logits = out.logits
+        del out
+        loss = lm_loss(logits, b["labels"])
+        del logits
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)  # gradients stay resident, as the plan counts them
+    return built, memory()["VmRSS"]
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    results = []
+    for spec in json.loads(sys.argv[1]):
+        fields = dict(spec["config"])
+        config = AutoConfig.for_model(spec["model_type"], **fields)
+        warm = AutoConfig.for_model(spec["model_type"], **{**fields, "num_hidden_layers": 1, "vocab_size": 512})
+        train(warm, 2, 16, 2, spec["bf16"])
+        gc.collect()
+        base = memory()
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current resident size
+        built, after = train(config, spec["batch"], spec["seq"], spec["pad"], spec["bf16"])
+        end = memory()
+        results.append({"built": built - base["VmRSS"], "static": after - base["VmRSS"],
+                        "peak": end["VmHWM"] - base["VmRSS"], "file_growth": end["RssFile"] - base["RssFile"]})
+        gc.collect()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
