@@ -29,6 +29,7 @@ from alignx.model.alignx_model import AlignXModel, CausalLMObjective, check_alig
 from alignx.model.bootstrap import (
     build_llama, packed_lm_examples, sample_sentences, template_sentences, train_tokenizer,
 )
+from alignx.model.lora import add_adapters, merged
 from alignx.records import RUN_RECORD, TRAIN_LOG, read_run_record
 from alignx.train.loop import Progress, TrainResult, process_state, train
 from alignx.train.parallel import sub_state
@@ -96,6 +97,9 @@ def validate_stage(
     if stage == "bootstrap":
         n_layers = cfg.bootstrap.model.num_layers
         _check_train("bootstrap", cfg.bootstrap.train, problems)
+        if cfg.bootstrap.train.lora is not None:
+            problems.append("bootstrap.train.lora: the bootstrap pre-trains a model from random weights; "
+                            "adapters on a random model learn nothing useful (remove lora there)")
         if cfg.bootstrap.model.hidden_size % cfg.bootstrap.model.num_heads:
             problems.append("bootstrap.model.hidden_size must be a multiple of num_heads")
     else:
@@ -191,9 +195,11 @@ def _inherited_align_layer(model: str, cfg: PipelineConfig, n_layers: int | None
     return layer if 1 <= layer <= n_layers else default_align_layer(n_layers)
 
 
-def _trained(lm, result: TrainResult):
-    """The trained causal LM to save: ``lm`` itself, or, after a sharded run, a plain model built from
-    its config that holds the weights gathered on this (the main) process."""
+def _trained(lm, result: TrainResult, adapters=None):
+    """The trained causal LM to save: ``lm`` itself; with LoRA, ``lm`` with its adapters merged; after a
+    sharded run, a plain model built from its config that holds the weights gathered on this process."""
+    if adapters is not None:
+        return merged(adapters)
     if result.full_state is None:
         return lm
     from alignx.model.base_models import plain_copy
@@ -268,13 +274,14 @@ def train_stage1(
     objective = AlignXModel(lm, align_layer, tau=s1.tau,
                             lambda_ctr=0.0 if control else s1.lambda_ctr,
                             lambda_lam=0.0 if control else s1.lambda_lam, lam_width=s1.lam_width)
+    adapters = add_adapters(lm, s1.train.lora) if s1.train.lora else None  # after the head: same head init
     key = fingerprint("stage1", _model_key(base_model), s1.model_dump(exclude={"train"}), control,
                       align_layer, languages, list(rows["example_id"]))
     result = train(objective, examples, tokenizer.pad_token_id, s1.train, work_dir_for(out_dir), run_key=key,
                    progress=progress, desc="stage1-control" if control else "stage1")
 
     def write(tmp: Path) -> None:
-        _trained(lm, result).save_pretrained(tmp)
+        _trained(lm, result, adapters).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         objective.save_head(tmp, None if result.full_state is None else sub_state(result.full_state, "lam_head."))
 
@@ -304,11 +311,12 @@ def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Pat
     log.info("stage 2: %d examples (%d general)", len(examples), int((rows["kind"] == "general").sum()))
     _check_fit("stage2", examples, sum(ex.encoded.tgt_span is not None for ex in examples), s2.train.max_length)
     key = fingerprint("stage2", _model_key(model), s2.model_dump(exclude={"train"}), list(rows["example_id"]))
+    adapters = add_adapters(lm, s2.train.lora) if s2.train.lora else None
     result = train(CausalLMObjective(lm), examples, tokenizer.pad_token_id, s2.train, work_dir_for(out_dir),
                    run_key=key, progress=progress, desc="stage2")
 
     def write(tmp: Path) -> None:
-        _trained(lm, result).save_pretrained(tmp)
+        _trained(lm, result, adapters).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
     record = {"stage": "stage2", "config": s2.model_dump(mode="json"), "base_model": model,
