@@ -150,7 +150,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """Per-GPU memory of each training stage under DDP, FSDP and LoRA; 0 when ``--strategy`` fits every stage."""
+    """Per-GPU memory of each training stage under DDP, FSDP and LoRA; 0 when each stage's configured
+    strategy (``train.lora``, ``train.sharding``) fits, 1 when one does not, 2 when the model has no shape."""
     from alignx.config import load_profile
     from alignx.model.base_models import BaseModelError
     from alignx.plan import RESERVED_FRACTION, plan, usable_bytes
@@ -158,7 +159,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = load_profile(args.profile, _overrides(args.set))
     try:
         rows = plan(cfg, args.gpus, args.gpu_memory)
-    except BaseModelError as exc:
+    except (BaseModelError, ValueError) as exc:  # no shape for the model, LoRA targets it does not have
         print(f"error: {exc}", file=sys.stderr)
         return 2
     usable = usable_bytes(args.gpu_memory)
@@ -174,18 +175,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table = []
     for r in rows:
         e, ckpt = r.estimate, r.with_checkpointing
-        table.append({"stage": r.stage, "strategy": r.strategy, "params": gib(e.params), "grads": gib(e.grads),
-                      "optimizer": gib(e.optimizer), "activations": gib(e.activations), "total": gib(e.total),
+        table.append({"stage": r.stage, "strategy": r.strategy + ("*" if r.configured else ""),
+                      "params": gib(e.params), "grads": gib(e.grads), "optimizer": gib(e.optimizer),
+                      "activations": gib(e.activations), "total": gib(e.total),
                       "fits": "yes" if r.fits else "no",
                       "with gradient_checkpointing": "-" if ckpt is None else
                       f"{gib(ckpt.total)} ({'fits' if ckpt.total <= usable else 'no'})"})
     print(_table(table))
-    failing = [r.stage for r in rows if r.strategy == args.strategy and not r.fits]
+    print("* the stage's configured strategy (train.lora; train.sharding with more than one GPU; else ddp)")
+    failing = [f"{r.stage} ({r.strategy})" for r in rows if r.configured and not r.fits]
     if failing:
-        print(f"{args.strategy} does not fit {', '.join(failing)} (--strategy names the launch to check)",
-              file=sys.stderr)
+        print(f"does not fit as configured: {', '.join(failing)}", file=sys.stderr)
         return 1
-    print(f"{args.strategy} fits every training stage")
+    print("every training stage fits as configured")
     return 0
 
 
@@ -242,8 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_profile(sub.add_parser("plan", help="per-GPU memory of each training stage under DDP, FSDP and LoRA"))
     p.add_argument("--gpus", type=int, default=1, help="GPUs the stages are launched on")
     p.add_argument("--gpu-memory", type=float, default=80.0, help="memory of one GPU in GiB")
-    p.add_argument("--strategy", choices=["ddp", "fsdp", "lora"], default="ddp",
-                   help="how the stages are launched (plain accelerate launch: ddp); exit 1 unless it fits")
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("deploy", help="create pools and the gpu limit, register the deployments of prefect.yaml")
     p.add_argument("--gpu-slots", type=int, default=1, help="training stages allowed at once (one per GPU worker)")

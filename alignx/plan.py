@@ -2,13 +2,15 @@
 
 Activations are what autograd keeps for backward, per token of a full micro-batch (B x max_length,
 padded), for a Llama-style block with SDPA attention and a SwiGLU MLP; c is the compute dtype's size
-(2 under bf16/fp16 autocast, 4 in float32), h/q/i the hidden, heads x head_dim and MLP widths:
+(2 under bf16/fp16 autocast, 4 in float32); h, q, kv, i the hidden, heads x head_dim, kv_heads x
+head_dim and MLP widths:
   layer = (16 + 2c) h + c (4q + 4i) + 4 (heads + 2)  [+ (4 + c)(q + kv) + 4 (heads + kv_heads) with q/k norms]
-  top   = (8 + c) h + 12 vocab + 4 T  (final norm; fp32 log-probs, their gradient and the logits' gradient
-          alive together at the start of backward; the padding mask)
+  top   = (8 + c) h + 12 vocab + 4 T + 8 head_dim  (final norm; fp32 log-probs, their gradient and the
+          logits' gradient alive together at the start of backward; the padding mask; rope cos/sin)
 (residual stream and norms in fp32; k and v repeated to all heads, as transformers does under a padding
-mask; no attention matrix). The hidden-state list of ``output_hidden_states`` holds the layer inputs
-the graph keeps anyway, so it adds nothing. Gradient checkpointing keeps 4h per layer plus one layer.
+mask; no attention matrix), plus c r per LoRA target and stage 1's head on all (2B)^2 pairs. The
+hidden-state list of ``output_hidden_states`` holds the layer inputs the graph keeps anyway, so it adds
+nothing. Gradient checkpointing keeps 4h per layer plus one layer.
 Gradients are counted resident through the step (true under accumulation; with accumulation 1 and
 ``zero_grad(set_to_none=True)`` the real peak is lower by up to the gradients). Measured against a
 real CPU training step in tests/test_plan.py.
@@ -23,13 +25,11 @@ from typing import Any, Literal
 
 import yaml
 
-from alignx.config import REPO_ROOT, PipelineConfig, TrainConfig
+from alignx.config import REPO_ROOT, LoraConfig, PipelineConfig, TrainConfig
 from alignx.model.base_models import BaseModelError, classify, load_catalogue, read_gguf_header
 
 SHAPES_FILE = REPO_ROOT / "data" / "model_shapes.yaml"
 RESERVED_FRACTION = 0.10  # of each GPU: CUDA context, NCCL buffers, allocator fragmentation
-LORA_RANK = 16  # peft defaults of the plan: r=16, alpha=32, every projection of attention and MLP
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 Strategy = Literal["ddp", "fsdp", "lora"]
 STRATEGIES: tuple[Strategy, ...] = ("ddp", "fsdp", "lora")
 
@@ -53,10 +53,15 @@ class ModelShape:
     tied: bool
     qk_norm: bool
 
-    def lora_params(self, rank: int = LORA_RANK) -> int:
+    def lora_params(self, lora: LoraConfig) -> int:
         """Adapter parameters: r (in + out) for each target projection of each layer."""
         q, kv, h, i = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
-        return rank * self.layers * ((h + q) * 2 + (h + kv) * 2 + (h + i) * 3)
+        widths = {"q_proj": h + q, "k_proj": h + kv, "v_proj": h + kv, "o_proj": q + h,
+                  "gate_proj": h + i, "up_proj": h + i, "down_proj": i + h}
+        unknown = [t for t in lora.target_modules if t not in widths]
+        if unknown:
+            raise ValueError(f"lora.target_modules {unknown}: the plan knows the projections {', '.join(widths)}")
+        return lora.r * self.layers * sum(widths[t] for t in lora.target_modules)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class PlanRow:
     stage: str
     shape: ModelShape
     strategy: Strategy
+    configured: bool  # the strategy the stage's settings select (train.lora, train.sharding)
     estimate: MemoryEstimate
     fits: bool
     with_checkpointing: MemoryEstimate | None  # when the stage trains without it
@@ -164,14 +170,16 @@ def base_model_shape(spec: str, models_dir: Path | None = None) -> ModelShape:
     if kind == "gguf":
         return gguf_shape(target, spec)
     if kind == "catalogue":
-        converted = sorted(Path(models_dir).glob(f"base-{target.name}-{target.sha256[:12]}-*")) if models_dir else []
-        if converted and (converted[0] / "config.json").is_file():
-            return shape_from_config(AutoConfig.from_pretrained(converted[0]), spec)
         import importlib.util
 
+        pattern = f"base-{target.name}-{target.sha256[:12]}-*/config.json"  # as prepare_base_model names it
+        converted = sorted(Path(models_dir).glob(pattern)) if models_dir else []
+        if converted:
+            return shape_from_config(AutoConfig.from_pretrained(converted[0].parent), spec)
         found = importlib.util.find_spec(target.module)
-        if target.file and found and (Path(list(found.submodule_search_locations)[0]) / target.file).is_file():
-            return gguf_shape(Path(list(found.submodule_search_locations)[0]) / target.file, spec)
+        gguf = Path(list(found.submodule_search_locations)[0]) / target.file if found and target.file else None
+        if gguf is not None and gguf.is_file():
+            return gguf_shape(gguf, spec)
         return published_shape(spec) or _no_shape(spec, f"install it ({target.install_hint()})")
     repo_id, revision = target
     try:
@@ -210,10 +218,11 @@ def model_shape(cfg: PipelineConfig) -> ModelShape:
 
 # ---------------------------------------------------------------- bytes
 def activation_bytes(shape: ModelShape, train: TrainConfig, c: int, *, head_width: int | None = None,
-                     lora_rank: int = 0) -> int:
+                     lora: LoraConfig | None = None) -> int:
     """Bytes autograd keeps for one full micro-batch at its peak (the formula of the module docstring)."""
     h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
-    layer = (16 + 2 * c) * h + c * (4 * q + 4 * i) + 4 * (shape.heads + 2) + c * lora_rank * len(LORA_TARGETS)
+    layer = (16 + 2 * c) * h + c * (4 * q + 4 * i) + 4 * (shape.heads + 2)
+    layer += c * lora.r * len(lora.target_modules) if lora else 0  # each adapter's rank-r intermediate
     if shape.qk_norm:
         layer += (4 + c) * (q + kv) + 4 * (shape.heads + shape.kv_heads)
     top = (8 + c) * h + 12 * shape.vocab + 4 * train.max_length + 8 * shape.head_dim
@@ -227,29 +236,42 @@ def estimate(shape: ModelShape, train: TrainConfig, strategy: Strategy, world_si
              device: Literal["cuda", "cpu"], *, stage1_head_width: int | None = None) -> MemoryEstimate:
     """Peak bytes per device of training ``shape`` with ``train``'s settings under ``strategy``.
 
-    fp32 master weights and AdamW (two fp32 states per trainable parameter); mixed precision ("auto"
-    is bf16 on cuda, float32 on cpu) adds autocast's bf16 copies of the matrices (DDP) or one unsharded
-    bf16 unit at a time (FSDP2, ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``); LoRA
-    holds the frozen base in the compute dtype.
-    """
+    fp32 master weights and AdamW (two fp32 states per trainable parameter). Mixed precision ("auto":
+    bf16 on cuda, float32 on cpu) adds autocast's bf16 copies of the matrices (DDP), or unsharded bf16
+    units (FSDP2 with bf16 params, fp32 reduction): the root (embeddings, heads) for the whole step and
+    two decoder layers at a time; one process shards nothing. LoRA (``train.lora``, else r=16 on every
+    projection) keeps the frozen base in the compute dtype."""
     mode = train.mixed_precision if train.mixed_precision != "auto" else ("bf16" if device == "cuda" else "no")
     c = 4 if mode == "no" else 2
     head = 2 * (2 * shape.hidden) * stage1_head_width + 2 * stage1_head_width if stage1_head_width else 0
     trainable = shape.params + head
     buckets = 2 if world_size > 1 else 1  # DDP's reducer keeps its own copy of the gradients
-    rank = LORA_RANK if strategy == "lora" else 0
-    acts = activation_bytes(shape, train, c, head_width=stage1_head_width, lora_rank=rank)
-    if strategy == "ddp":
-        params = 4 * trainable + (c * shape.linear_params if c == 2 else 0)
-        return MemoryEstimate(params, 4 * trainable * buckets, 8 * trainable, acts,
-                              4 * (trainable if device == "cuda" else shape.largest_param))
-    if strategy == "fsdp":
+    lora = (train.lora or LoraConfig()) if strategy == "lora" else None
+    acts = activation_bytes(shape, train, c, head_width=stage1_head_width, lora=lora)
+    if strategy == "fsdp" and world_size > 1:
         shard, layer = math.ceil(trainable / world_size), shape.layer_params
-        root = trainable - shape.layers * layer  # embeddings, head, final norm: unsharded for the whole step
-        return MemoryEstimate(4 * shard + c * (root + 2 * layer), 4 * shard + c * root + (c + 4) * layer,
+        root = trainable - shape.layers * layer
+        per_round = train.micro_batch_size * world_size
+        accumulating = (train.global_batch_size // per_round if train.global_batch_size else train.grad_accum) > 1
+        # between reduce-scatters (gradient sync only on an accumulation round's last micro-batch) every
+        # unsharded gradient is kept; else the root's until the end of backward and one layer's
+        unsharded_grads = c * trainable if accumulating else c * root + c * layer
+        return MemoryEstimate(4 * shard + c * (root + 2 * layer), 4 * shard + unsharded_grads + 4 * layer,
                               8 * shard, acts, 4 * shard)
-    adapters = shape.lora_params(rank) + head
-    return MemoryEstimate(c * shape.params + 4 * adapters, 4 * adapters * buckets, 8 * adapters, acts, 4 * adapters)
+    if strategy == "lora":
+        adapters = shape.lora_params(lora) + head
+        return MemoryEstimate(c * shape.params + 4 * adapters, 4 * adapters * buckets, 8 * adapters, acts,
+                              4 * adapters)
+    params = 4 * trainable + (c * shape.linear_params if c == 2 else 0)
+    return MemoryEstimate(params, 4 * trainable * buckets, 8 * trainable, acts,
+                          4 * (trainable if device == "cuda" else shape.largest_param))
+
+
+def configured_strategy(train: TrainConfig, gpus: int) -> Strategy:
+    """The strategy a stage's settings select: LoRA, FSDP on more than one GPU, else replicated (DDP)."""
+    if train.lora is not None:
+        return "lora"
+    return "fsdp" if train.sharding == "fsdp" and gpus > 1 else "ddp"
 
 
 def usable_bytes(gpu_memory_gib: float) -> int:
@@ -276,5 +298,6 @@ def plan(cfg: PipelineConfig, gpus: int, gpu_memory_gib: float, shape: ModelShap
             ckpt = None if train.gradient_checkpointing else estimate(
                 model, train.model_copy(update={"gradient_checkpointing": True}), strategy, gpus, "cuda",
                 stage1_head_width=width)
-            rows.append(PlanRow(stage, model, strategy, est, fits(est, gpu_memory_gib), ckpt))
+            configured = strategy == configured_strategy(train, gpus)
+            rows.append(PlanRow(stage, model, strategy, configured, est, fits(est, gpu_memory_gib), ckpt))
     return rows

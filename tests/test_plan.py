@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from alignx.cli import main
-from alignx.config import REPO_ROOT, TrainConfig, load_profile
+from alignx.config import REPO_ROOT, LoraConfig, TrainConfig, load_profile
 from alignx.model.base_models import BaseModelError, load_catalogue
 from alignx.plan import base_model_shape, estimate, gguf_shape, plan, published_shape, shape_from_config
 
@@ -28,7 +28,6 @@ MODELS = {
         "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 1536, "tie_word_embeddings": True}},
 }
 BATCH, SEQ, PAD = 4, 128, 5
-RUNS = [(arch, precision) for arch in MODELS for precision in ("no", "bf16")]  # bf16: CPU autocast, as on a GPU
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,8 +36,7 @@ def probe(request):
     if not any("measured" in item.fixturenames for item in request.session.items):
         yield None
         return
-    specs = [{**MODELS[arch], "batch": BATCH, "seq": SEQ, "pad": PAD, "bf16": precision == "bf16"}
-             for arch, precision in RUNS]
+    specs = [{**spec, "batch": BATCH, "seq": SEQ, "pad": PAD} for spec in MODELS.values()]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen([sys.executable, str(PROBE), json.dumps(specs)], stdout=subprocess.PIPE,
@@ -50,17 +48,19 @@ def probe(request):
 
 
 @pytest.fixture(scope="module")
-def measured(probe) -> dict[tuple[str, str], dict[str, int]]:
-    """Bytes over the baseline of one real training step of each run, measured in a fresh process."""
+def measured(probe) -> dict[str, dict[str, int]]:
+    """Bytes over the baseline of one real training step of each model, measured in a fresh process."""
     stdout, stderr = probe.communicate(timeout=300)
     assert probe.returncode == 0, stderr[-3000:]
-    return dict(zip(RUNS, json.loads(stdout.splitlines()[-1])))
+    return dict(zip(MODELS, json.loads(stdout.splitlines()[-1])))
 
 
 def test_published_shapes_build_their_published_counts():
     llama = published_shape("meta-llama/Meta-Llama-3-8B")
     assert (llama.params, llama.layers, llama.hidden, llama.kv_heads, llama.vocab) == (8030261248, 32, 4096, 8, 128256)
     assert not llama.tied and not llama.qk_norm
+    qwen = published_shape("Qwen/Qwen3-8B")
+    assert (qwen.params, qwen.layers, qwen.kv_heads, qwen.qk_norm) == (8190735360, 36, 8, True)
     assert published_shape("gemma-3-270m").params == 268098176  # catalogue name as an alias
     assert published_shape("acme/unknown") is None
 
@@ -77,44 +77,79 @@ def test_gguf_header_gives_the_same_shape_as_the_published_config():
     assert base_model_shape(entry.name).params == 134515008
 
 
+def test_a_converted_catalogue_checkpoint_is_read_first(tmp_path):
+    from transformers import LlamaConfig
+
+    entry = load_catalogue()["SmolLM2-135M-Instruct"]
+    converted = tmp_path / f"base-{entry.name}-{entry.sha256[:12]}-float32"
+    LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                intermediate_size=128).save_pretrained(converted)
+    shape = base_model_shape(entry.name, tmp_path)
+    assert (shape.layers, shape.hidden, shape.vocab) == (3, 64, 1000)
+    with pytest.raises(BaseModelError, match="no config.json"):
+        base_model_shape(str(tmp_path))  # a directory that is no checkpoint
+
+
+_REFERENCE = {f"stage{n}.train.{key}": value for n in (1, 2) for key, value in
+              (("sharding", "none"), ("mixed_precision", "fp16"), ("gradient_checkpointing", False))}
+
+
 def test_fsdp_shards_what_ddp_replicates():
-    cfg = load_profile("paper")
-    shape = published_shape(cfg.base_model)
-    ddp = estimate(shape, cfg.stage1.train, "ddp", 8, "cuda")
-    fsdp1, fsdp8 = (estimate(shape, cfg.stage1.train, "fsdp", n, "cuda") for n in (1, 8))
-    assert fsdp8.optimizer * 8 == pytest.approx(fsdp1.optimizer, rel=1e-6) == ddp.optimizer
+    cfg = load_profile("paper", _REFERENCE)  # the reference's systems settings: fp16, DDP, no checkpointing
+    shape, train = published_shape(cfg.base_model), cfg.stage1.train  # global batch 128 = 16 x 8 GPUs
+    ddp = estimate(shape, train, "ddp", 8, "cuda")
+    fsdp1, fsdp8 = (estimate(shape, train, "fsdp", n, "cuda") for n in (1, 8))
+    assert fsdp1 == estimate(shape, train, "ddp", 1, "cuda")  # one process shards nothing, as the loop
+    assert fsdp8.optimizer * 8 == pytest.approx(ddp.optimizer, rel=1e-6)
     assert ddp.grads == 2 * 4 * shape.params  # .grad and DDP's buckets
     assert fsdp8.activations == ddp.activations
-    lora = estimate(shape, cfg.stage1.train, "lora", 8, "cuda")
+    # on 2 GPUs the step accumulates 4 micro-batches, and FSDP keeps unsharded bf16 gradients between syncs
+    assert estimate(shape, train, "fsdp", 2, "cuda").grads > 4 * shape.params // 2 + 2 * shape.params
+    lora = estimate(shape, train, "lora", 8, "cuda")
     assert lora.params < ddp.params and lora.optimizer < 0.01 * ddp.optimizer
+    wider = estimate(shape, train.model_copy(update={"lora": LoraConfig(r=64)}), "lora", 8, "cuda")
+    assert wider.optimizer == pytest.approx(4 * lora.optimizer, rel=0.01)
     fitting = {(r.stage, r.strategy): r.fits for r in plan(cfg, 8, 80, shape)}
     assert fitting == {(s, k): False for s in ("stage1", "stage2") for k in ("ddp", "fsdp", "lora")}
     assert {(r.stage, r.strategy): r.fits for r in plan(cfg, 1, 1000, shape)}["stage1", "ddp"]  # a big enough GPU
 
 
 def _rows(out: str) -> dict[tuple[str, str], list[str]]:
-    return {(cols[0], cols[1]): cols for cols in (line.split() for line in out.splitlines())
+    """Table rows by (stage, strategy); a configured strategy is starred."""
+    return {(cols[0], cols[1].rstrip("*")): cols for cols in (line.split() for line in out.splitlines())
             if len(cols) >= 8 and cols[0] in ("bootstrap", "stage1", "stage2")}
 
 
 def test_cli_plan_for_an_8b_model_on_eight_80gib_gpus(capsys):
-    code = main(["plan", "--profile", "paper", "--gpus", "8", "--gpu-memory", "80"])
-    out = capsys.readouterr().out
-    assert code == 1  # the default strategy, ddp, does not fit
+    reference = [arg for key, value in _REFERENCE.items() for arg in ("--set", f"{key}={str(value).lower()}")]
+    code = main(["plan", "--profile", "paper", "--gpus", "8", "--gpu-memory", "80", *reference])
+    out, err = capsys.readouterr()
+    assert code == 1 and "does not fit as configured: stage1 (ddp), stage2 (ddp)" in err
     assert "8,030,261,248 parameters" in out and "10% reserved" in out
     rows = _rows(out)
     assert set(rows) == {(s, k) for s in ("stage1", "stage2") for k in ("ddp", "fsdp", "lora")}  # no bootstrap
+    assert rows["stage1", "ddp"][1] == "ddp*" and rows["stage1", "fsdp"][1] == "fsdp"
     assert rows["stage1", "ddp"][7] == "no" and rows["stage1", "ddp"][-1] == "(no)"
-    # micro-batches of 16 x 512 tokens: FSDP's activations alone are about 68 GiB; with checkpointing it fits
+    # micro-batches of 16 x 512 tokens: the activations alone are about 68 GiB; with checkpointing FSDP fits
     assert rows["stage1", "fsdp"][7] == "no" and rows["stage1", "fsdp"][-1] == "(fits)"
 
-    ckpt = ["--set", "stage1.train.gradient_checkpointing=true", "--set", "stage2.train.gradient_checkpointing=true"]
-    code = main(["plan", "--profile", "paper", "--gpus", "8", "--gpu-memory", "80", "--strategy", "fsdp", *ckpt])
+    # the profile as shipped: FSDP in bf16 with activation checkpointing
+    code = main(["plan", "--profile", "paper", "--gpus", "8", "--gpu-memory", "80"])
     out = capsys.readouterr().out
     rows = _rows(out)
-    assert code == 0 and "fsdp fits every training stage" in out
-    assert rows["stage2", "fsdp"][7] == "yes" and rows["stage2", "ddp"][7] == "no"
+    assert code == 0 and "every training stage fits as configured" in out
+    assert rows["stage2", "fsdp"][1] == "fsdp*" and rows["stage2", "fsdp"][7] == "yes"
+    assert rows["stage2", "ddp"][7] == "no"
     assert float(rows["stage2", "ddp"][6]) > 80 > 72 > float(rows["stage2", "fsdp"][6])
+
+
+def test_cli_plan_lora_as_configured(capsys):
+    lora = ["--set", "stage1.train.lora={}", "--set", "stage1.train.sharding=none",
+            "--set", "stage2.enabled=false", "--set", "arms=[\"base\",\"control\",\"alignx\"]"]
+    code = main(["plan", "--profile", "paper", "--gpus", "1", "--gpu-memory", "80", *lora])
+    rows = _rows(capsys.readouterr().out)
+    assert code == 0 and rows["stage1", "lora"][1] == "lora*" and rows["stage1", "lora"][7] == "yes"
+    assert set(rows) == {("stage1", k) for k in ("ddp", "fsdp", "lora")}
 
 
 def test_cli_plan_plans_the_bootstrap_stage_without_a_base_model(capsys):
@@ -136,23 +171,20 @@ def test_unknown_model_says_what_to_do(capsys):
 
 
 # last in the file: the measuring process started with the first test has had the quick tests' time
-@pytest.mark.parametrize(("arch", "precision"), RUNS)
-def test_estimate_is_within_15_percent_of_measured_peak(arch, precision, measured):
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_estimate_is_within_15_percent_of_measured_peak(arch, measured):
     from transformers import AutoConfig  # imported by the tests, not at collection: the probe starts sooner
 
     spec = MODELS[arch]
     shape = shape_from_config(AutoConfig.for_model(spec["model_type"], **spec["config"]), arch)
-    train = TrainConfig(micro_batch_size=BATCH, max_length=SEQ, mixed_precision=precision)
-    est = estimate(shape, train, "ddp", 1, "cpu")
-    got = measured[arch, precision]
-    # bf16 autocast's copies of the matrices are made in the forward pass: measured with the activations
-    copies = est.params - 4 * shape.params
-    static = est.params - copies + est.grads + est.optimizer
-    print(f"{arch} {precision}: {shape.params:,} params; measured peak {got['peak'] / 2**20:.1f} MiB vs estimate "
+    est = estimate(shape, TrainConfig(micro_batch_size=BATCH, max_length=SEQ, mixed_precision="no"), "ddp", 1, "cpu")
+    got = measured[arch]
+    static = est.params + est.grads + est.optimizer
+    print(f"{arch}: {shape.params:,} params; measured peak {got['peak'] / 2**20:.1f} MiB vs estimate "
           f"{est.total / 2**20:.1f}; activations {(got['peak'] - got['static']) / 2**20:.1f} vs "
-          f"{(est.activations + copies) / 2**20:.1f}")
+          f"{est.activations / 2**20:.1f}")
     assert got["file_growth"] < 0.02 * got["peak"]  # the warm-up kept code pages out of the measurement
-    assert abs(got["built"] / (4 * shape.params) - 1) < 0.05
-    assert abs(got["static"] / static - 1) < 0.05
-    assert abs((got["peak"] - got["static"]) / (est.activations + copies) - 1) < 0.15  # the activation formula
+    assert abs(got["built"] / est.params - 1) < 0.1
+    assert abs(got["static"] / static - 1) < 0.1  # a few MiB of malloc heap from the first step
+    assert abs((got["peak"] - got["static"]) / est.activations - 1) < 0.15  # the activation formula itself
     assert abs(got["peak"] / est.total - 1) < 0.15
