@@ -74,9 +74,47 @@ def run_stage(
     ``worker_module`` is the entry point each process runs (tests wrap the standard one).
     """
     processes = world_size(cfg.launch.processes)
+    import torch
+
+    if torch.cuda.is_available():
+        check_fits(stage, args, cfg, processes, torch.cuda.get_device_properties(0).total_memory / 2**30)
     if processes == 1:
         return run_stage_here(stage, args, cfg, progress)
     return launch(stage, args, cfg, processes, progress=progress, on_line=on_line, worker_module=worker_module)
+
+
+def check_fits(stage: str, args: dict[str, Any], cfg: PipelineConfig, gpus: int, gpu_memory_gib: float) -> None:
+    """Refuse a stage whose memory plan (``alignx.plan``) exceeds the GPU before anything starts.
+
+    The plan holds back a reserve for the CUDA context and fragmentation; a stage over that line but
+    within the whole memory only gets a warning (the plan is an estimate), one over the whole is refused.
+    """
+    import logging
+
+    from alignx import plan
+    from alignx.config import ConfigError
+
+    train = getattr(cfg, stage).train
+    shape = plan.bootstrap_shape(cfg) if stage == "bootstrap" else plan.base_model_shape(str(args["model"]))
+    strategy = plan.configured_strategy(train, gpus)
+    est = plan.estimate(shape, train, strategy, gpus, "cuda",
+                        stage1_head_width=cfg.stage1.lam_width if stage == "stage1" else None)
+    need, have = est.total / 2**30, gpu_memory_gib
+    if plan.fits(est, gpu_memory_gib):
+        return
+    where = f"{stage} needs about {need:.1f} GiB per GPU under {strategy} on {gpus} GPU(s) of {have:.0f} GiB"
+    if est.total <= gpu_memory_gib * 2**30:
+        logging.getLogger(__name__).warning("%s: within the GPU but over the plan's reserve", where)
+        return
+    hints = [h for h, off in ((f"{stage}.train.gradient_checkpointing: true", not train.gradient_checkpointing),
+                              (f"{stage}.train.sharding: fsdp with launch.processes > 1",
+                               train.sharding == "none" and train.lora is None),
+                              (f"{stage}.train.lora", train.lora is None and train.sharding == "none"),
+                              (f"a smaller {stage}.train.micro_batch_size", train.micro_batch_size > 1)) if off]
+    raise ConfigError(f"for {stage}", [f"{where} (the plan: params {est.params / 2**30:.1f}, grads "
+                                       f"{est.grads / 2**30:.1f}, optimizer {est.optimizer / 2**30:.1f}, activations "
+                                       f"{est.activations / 2**30:.1f}); try {'; or '.join(hints) or 'more GPUs'} "
+                                       f"(`alignx plan --profile {cfg.name}` shows each)"])
 
 
 def launch(

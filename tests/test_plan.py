@@ -188,3 +188,21 @@ def test_estimate_is_within_15_percent_of_measured_peak(arch, measured):
     assert abs(got["static"] / static - 1) < 0.1  # a few MiB of malloc heap from the first step
     assert abs((got["peak"] - got["static"]) / est.activations - 1) < 0.15  # the activation formula itself
     assert abs(got["peak"] / est.total - 1) < 0.15
+
+
+def test_a_stage_that_cannot_fit_is_refused_before_it_starts(tmp_path):
+    """The launcher's check (run on a CUDA machine before any process starts) against a small GPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignx.config import ConfigError, parse_config
+    from alignx.launch import check_fits
+
+    model = tmp_path / "model"
+    LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                 intermediate_size=128)).save_pretrained(model)
+    cfg = parse_config({"name": "fit", "stage1": {"align_layer": 2, "train": {"micro_batch_size": 8, "max_length": 256}}})
+    args = {"model": str(model), "shards": str(tmp_path), "out": str(tmp_path / "out")}
+    check_fits("stage1", args, cfg, 1, 80)  # a tiny model on a big GPU: nothing to say
+    with pytest.raises(ConfigError, match=r"stage1 needs about .* GiB per GPU under ddp on 1 GPU\(s\) of 0 GiB.*"
+                                          r"gradient_checkpointing: true.*alignx plan --profile fit"):
+        check_fits("stage1", args, cfg, 1, 0.01)
