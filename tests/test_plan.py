@@ -16,7 +16,7 @@ from alignx.config import REPO_ROOT, LoraConfig, TrainConfig, load_profile
 from alignx.model.base_models import BaseModelError, load_catalogue
 from alignx.plan import base_model_shape, estimate, gguf_shape, plan, published_shape, shape_from_config
 
-PROBE = Path(__file__).with_name("memory_probe.py")
+PROBE = REPO_ROOT / "bench" / "memory_probe.py"
 # Two architectures of about 20-25M parameters; padded batches of 4 x 128 as the loop collates them.
 # Llama: GQA (4 of 8 kv heads), untied; Qwen3: q/k norms, GQA (2 of 8), tied embeddings.
 MODELS = {

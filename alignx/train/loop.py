@@ -215,18 +215,22 @@ def train(
             started = time.perf_counter()
             parts: list[dict[str, float]] = []
             hashes: list[str] = []
+            tokens = 0
             for micro in range(accum):
                 slot = (step * accum + micro) * world + accelerator.process_index
                 batch = collate([examples[i] for i in schedule[slot]], pad_id, cfg.padding_side, cfg.mask_prompt)
                 hashes.append(batch_fingerprint(batch["input_ids"]))
+                tokens += int(batch["attention_mask"].sum())
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 out = strategy.forward_backward(batch, last=micro == accum - 1, grad_clip=cfg.grad_clip)
                 parts.append(out.as_dict())
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
-            metrics = mean_over_processes({k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}, world)
+            metrics = mean_over_processes({"tokens": tokens, **{k: sum(p[k] for p in parts) / len(parts)
+                                                                for k in parts[0]}}, world)
+            tokens = round(metrics.pop("tokens") * world)  # the global batch's tokens (padding excluded)
             record = {"step": step + 1, "lr": lr, **metrics, "step_s": round(time.perf_counter() - started, 4),
-                      "batches": hashes}
+                      "tokens": tokens, "batches": hashes}
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             bar.update(1)
