@@ -184,9 +184,10 @@ def train(
     global_batch = cfg.micro_batch_size * accum * world
     key = fingerprint(run_key, cfg.model_dump(exclude=_NOT_TRAJECTORY | {"grad_accum", "global_batch_size"}),
                       len(examples), global_batch)
-    lengths = [len(ex.encoded.input_ids) for ex in examples]
+    # a memory-mapped example set (alignx.data.tokenised) gives its columns without building every example
+    lengths = examples.lengths() if hasattr(examples, "lengths") else [len(ex.encoded.input_ids) for ex in examples]
+    groups = examples.groups() if hasattr(examples, "groups") else [ex.group for ex in examples]
     n_micro = steps * accum * world
-    groups = [ex.group for ex in examples]
     schedule = micro_batch_schedule(lengths, cfg.micro_batch_size, n_micro, cfg.seed, cfg.group_by_length, groups)
 
     if cfg.gradient_checkpointing:

@@ -20,10 +20,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from alignx.artefacts import Artefact, atomic_dir, read_marker, write_marker
 from alignx.config import ConfigError, PipelineConfig, TrainConfig, fingerprint
-from alignx.data.instructions import (
-    cap_pairs_per_language, encode_rows, general_rows, translation_rows,
-)
+from alignx.data.instructions import cap_pairs_per_language, general_rows, translation_rows
 from alignx.data.schema import read_split
+from alignx.data.tokenised import TokenisedExamples, tokenised_examples
 from alignx.languages import LANGUAGES
 from alignx.model.alignx_model import AlignXModel, CausalLMObjective, check_align_layer
 from alignx.model.bootstrap import (
@@ -146,6 +145,12 @@ def _load(model: str):
     return tokenizer, lm
 
 
+def _examples(tokenizer, rows: pd.DataFrame, max_length: int, languages: list[str], cfg: PipelineConfig) -> TokenisedExamples:
+    """The rows' examples from the run's tokenised-examples cache (encoded once, by the main process)."""
+    return tokenised_examples(tokenizer, rows, max_length, languages, cfg.resolved_run_root() / "tokenised",
+                              is_main=process_state().is_main_process)
+
+
 def _finish(out_dir: Path, write, result: TrainResult, record: dict[str, Any]) -> Artefact:
     """Write the output dir atomically (model files via ``write``, log, run record), then the marker.
 
@@ -266,8 +271,8 @@ def train_stage1(
     rows = translation_rows(_pairs(shards_dir, cfg), cfg.pivot, s1.non_english_pairs)
     if s1.max_examples is not None and len(rows) > s1.max_examples:
         rows = rows.sample(n=s1.max_examples, random_state=s1.train.seed).sort_index()
-    examples = encode_rows(tokenizer, rows, s1.train.max_length, languages)
-    usable = sum(ex.encoded.tgt_span is not None and ex.encoded.src_span is not None for ex in examples)
+    examples = _examples(tokenizer, rows, s1.train.max_length, languages, cfg)
+    usable = examples.with_both_spans()
     log.info("stage 1: %d examples (%d with both spans inside max_length)", len(examples), usable)
     _check_fit("stage1", examples, usable, s1.train.max_length)
     set_seed(s1.train.seed)  # the head's initialisation: identical in both arms
@@ -307,9 +312,9 @@ def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Pat
     resolved = validate_stage("stage2", cfg, shards_dir, model)
     tokenizer, lm = _load(model)
     rows = stage2_rows(shards_dir, cfg)
-    examples = encode_rows(tokenizer, rows, s2.train.max_length, training_languages(cfg))
+    examples = _examples(tokenizer, rows, s2.train.max_length, training_languages(cfg), cfg)
     log.info("stage 2: %d examples (%d general)", len(examples), int((rows["kind"] == "general").sum()))
-    _check_fit("stage2", examples, sum(ex.encoded.tgt_span is not None for ex in examples), s2.train.max_length)
+    _check_fit("stage2", examples, examples.with_target_span(), s2.train.max_length)
     key = fingerprint("stage2", _model_key(model), s2.model_dump(exclude={"train"}), list(rows["example_id"]))
     adapters = add_adapters(lm, s2.train.lora) if s2.train.lora else None
     result = train(CausalLMObjective(lm), examples, tokenizer.pad_token_id, s2.train, work_dir_for(out_dir),

@@ -18,7 +18,7 @@ forward = AlignXModel.forward
 
 
 def forward_or_oom(self, batch):
-    if not self.lm.is_gradient_checkpointing:
+    if not self.lm.is_activation_checkpointing:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
     return forward(self, batch)
 
