@@ -69,14 +69,16 @@ def run_stage(
     on_line: LineSink | None = None,
     worker_module: str = "alignx.train.worker",
 ) -> Artefact:
-    """Run ``stage`` (bootstrap, stage1, stage2) with ``args`` (paths as strings, ``out``, ``control``).
+    """Run ``stage`` (bootstrap, stage1, stage2, evaluate) with ``args`` (paths as strings, ``out``, ``control``).
 
     ``worker_module`` is the entry point each process runs (tests wrap the standard one).
     """
     processes = world_size(cfg.launch.processes)
+    if stage == "evaluate" and cfg.eval.device == "cpu":
+        processes = 1  # data-parallel evaluation is for GPUs; CPU evaluation keeps its lm-eval parity path
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and stage != "evaluate":
         check_fits(stage, args, cfg, processes, torch.cuda.get_device_properties(0).total_memory / 2**30)
     if processes == 1:
         return run_stage_here(stage, args, cfg, progress)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from alignx.config import check_alignment_layers
 from alignx.data.instructions import encode_examples, translation_instruction
 from alignx.eval.loglik import model_max_length
+from alignx.eval.parallel import split_gather
 from alignx.eval.sources import text_lines
 from alignx.languages import get_language
 from alignx.mirror import require_mirror_path
@@ -207,7 +208,19 @@ def pooled_states(
     pad_id: int = 0, progress: Callable[[int], None] | None = None, layers: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Mean of the hidden states over each span at each of ``layers`` (default: all, 0..n):
-    float32 array [len(layers), sentences, hidden]."""
+    float32 array [len(layers), sentences, hidden]. Under several processes each pools its share."""
+    def here(idx: list[int]) -> list[np.ndarray]:
+        part = _pooled_here(model, [sequences[i] for i in idx], [spans[i] for i in idx], batch_size, pad_id,
+                            progress, layers)
+        return [part[:, k] for k in range(len(idx))]
+
+    return np.stack(split_gather(len(sequences), here, progress=progress), axis=1)
+
+
+def _pooled_here(
+    model, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]], batch_size: int,
+    pad_id: int, progress: Callable[[int], None] | None, layers: Sequence[int] | None,
+) -> np.ndarray:
     device = next(model.parameters()).device
     layers = list(range(num_layers(model) + 1)) if layers is None else list(layers)
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))

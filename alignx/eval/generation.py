@@ -13,6 +13,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from alignx.eval.loglik import model_max_length
+from alignx.eval.parallel import split_gather
 
 
 class _StopStrings(StoppingCriteria):
@@ -52,11 +53,18 @@ class GreedyGenerator:
         """Token ids of text prompts with the tokenizer's default special tokens (as lm-eval does)."""
         return [self.tokenizer.encode(p) for p in prompts]
 
-    @torch.inference_mode()
     def generate(
         self, prompts: Sequence[Sequence[int]], until: Sequence[str], progress: Callable[[int], None] | None = None
     ) -> list[str]:
-        """The greedy continuation of each tokenised prompt, cut at the first stop string."""
+        """The greedy continuation of each tokenised prompt, cut at the first stop string (under several
+        processes each generates its share)."""
+        return split_gather(len(prompts), lambda idx: self._generate_here([prompts[i] for i in idx], until, progress),
+                            progress=progress)
+
+    @torch.inference_mode()
+    def _generate_here(
+        self, prompts: Sequence[Sequence[int]], until: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> list[str]:
         room = max(self.max_length - self.max_new_tokens, 1)
         prompts = [list(p)[-room:] for p in prompts]  # left-truncate, as lm-eval does
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from alignx.eval.parallel import split_gather
+
 log = logging.getLogger(__name__)
 
 Request = tuple[str, str]
@@ -136,9 +138,18 @@ class LoglikelihoodScorer:
         """(log-probability, is_greedy) of each request's continuation given its context, in input order."""
         return self.score_encoded(encode_requests(self.tokenizer, requests), progress)
 
-    @torch.inference_mode()
     def score_encoded(self, encoded: Sequence[EncodedRequest], progress: Callable[[int], None] | None = None) -> list[Score]:
-        """``score`` for requests already tokenised; ``progress(n)`` after every n requests scored."""
+        """``score`` for requests already tokenised; ``progress(n)`` after every n requests scored.
+
+        Under several processes each scores its share (requests of one context stay together).
+        """
+        contexts: dict[tuple[int, ...], int] = {}
+        owner = [contexts.setdefault(r.context, len(contexts)) for r in encoded]
+        return split_gather(len(encoded), lambda idx: self._score_here([encoded[i] for i in idx], progress), owner,
+                            progress)
+
+    @torch.inference_mode()
+    def _score_here(self, encoded: Sequence[EncodedRequest], progress: Callable[[int], None] | None = None) -> list[Score]:
         too_big = [i for i, r in enumerate(encoded) if len(r.continuation) > self.max_length]
         if too_big:
             raise ValueError(f"request {too_big[0]}: a continuation of {len(encoded[too_big[0]].continuation)} tokens "

@@ -22,6 +22,7 @@ from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, read_marke
 from alignx.config import PipelineConfig
 from alignx.data.instructions import encode_examples, translation_instruction
 from alignx.eval import alignment as align
+from alignx.eval import parallel
 from alignx.eval.generation import GreedyGenerator
 from alignx.eval.loglik import LoglikelihoodScorer, model_max_length
 from alignx.eval.plan import EvalInputError, EvalPlan, benchmark_fingerprint, plan_evaluation
@@ -52,6 +53,8 @@ def load_model(model_path: str, device: str = "cpu", dtype: str = "float32"):
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":  # this process's GPU (a launched group's processes each have their own)
+        device = f"cuda:{torch.cuda.current_device()}"
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=eval_dtype(dtype, device)).to(device).eval()
     return model, tokenizer
@@ -99,13 +102,19 @@ def evaluate_model(model_path: str, cfg: PipelineConfig, out_dir: Path, progress
         "seconds": run.seconds,
     }
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        (tmp / ITEMS_DIR).mkdir()
-        for task, rows in run.items.items():
-            lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            (tmp / ITEMS_DIR / f"{task}.jsonl").write_text(lines, encoding="utf-8")
-        atomic_write_json(tmp / METRICS_FILE, metrics_doc)
-    return write_marker(out_dir, "eval", {"metrics": str(out_dir / METRICS_FILE), "groups": metrics_doc["groups"]})
+    if parallel.is_main():  # under several processes every one holds the same results; one writes
+        with atomic_dir(out_dir) as tmp:
+            (tmp / ITEMS_DIR).mkdir()
+            for task, rows in run.items.items():
+                lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                (tmp / ITEMS_DIR / f"{task}.jsonl").write_text(lines, encoding="utf-8")
+            atomic_write_json(tmp / METRICS_FILE, metrics_doc)
+        write_marker(out_dir, "eval", {"metrics": str(out_dir / METRICS_FILE), "groups": metrics_doc["groups"]})
+    parallel.barrier()
+    artefact = read_marker(out_dir)
+    if artefact is None:
+        raise RuntimeError(f"{out_dir}: the main process wrote no artefact marker")
+    return artefact
 
 
 def check_prompt_lengths(plan: EvalPlan, tokenizer, cfg: PipelineConfig, max_length: int) -> None:

@@ -1,4 +1,4 @@
-"""One process of a launched training stage: ``python -m alignx.train.worker <call.json>`` under torchrun.
+"""One process of a launched stage (training or evaluation): ``python -m alignx.train.worker <call.json>``.
 
 The launcher (``alignx.launch``) writes the call (stage, arguments, config) and reads this process's
 stdout. Lines that start with ``@alignx`` are messages to it (progress, the result, a failure); every
@@ -37,7 +37,7 @@ def die_with_parent() -> None:
 
 
 def run_stage(stage: str, args: dict[str, Any], cfg, progress: Callable | None = None):
-    """Run one training stage in this process (``args`` as ``alignx.launch.stage_args`` builds them)."""
+    """Run one stage in this process: a training stage, or ``evaluate`` (``args``: paths as strings)."""
     from alignx.train import stages
 
     out = Path(args["out"])
@@ -48,7 +48,11 @@ def run_stage(stage: str, args: dict[str, Any], cfg, progress: Callable | None =
                                    progress=progress)
     if stage == "stage2":
         return stages.train_stage2(args["model"], Path(args["shards"]), cfg, out, progress=progress)
-    raise ValueError(f"unknown stage {stage!r}; known: bootstrap, stage1, stage2")
+    if stage == "evaluate":
+        from alignx.eval.runner import evaluate_model
+
+        return evaluate_model(args["model"], cfg, out, progress=progress)
+    raise ValueError(f"unknown stage {stage!r}; known: bootstrap, stage1, stage2, evaluate")
 
 
 def main(call_file: str) -> int:
