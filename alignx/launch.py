@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from alignx.artefacts import Artefact
 from alignx.config import REPO_ROOT, PipelineConfig
 from alignx.train.worker import PROTOCOL, die_with_parent, run_stage as run_stage_here
 
+log = logging.getLogger(__name__)
 LineSink = Callable[[str], None]
 Progress = Callable[[int, int, dict[str, float]], None]
 _TAIL = 40  # log lines kept for the message of a group that dies without one
@@ -140,7 +142,7 @@ def launch(
                "-m", worker_module, str(call_file)]
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    sink = on_line or (lambda line: None)
+    sink = on_line or (lambda line: log.info("%s", line))
     sink(f"launching {stage} as {processes} processes: {' '.join(command[3:])}")
     result: Artefact | None = None
     failure: dict[str, Any] | None = None
@@ -173,8 +175,10 @@ def launch(
     if oom is not None:
         raise OutOfMemoryError(f"{stage} ran out of memory in process {oom['rank']}: {oom['message']}")
     if failure is not None:
-        raise StageFailed(f"{stage} failed in process {failure['rank']} of {processes}: "
-                          f"{failure['type']}: {failure['message']}")
+        error = StageFailed(f"{stage} failed in process {failure['rank']} of {processes}: "
+                            f"{failure['type']}: {failure['message']}")
+        error.log_tail = list(tail)  # the traceback the process printed, for a caller that shows no log
+        raise error
     if code != 0 or result is None:
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         raise WorkersLost(f"{stage}: the process group of {processes} ended ({how}) without a result; a rerun "

@@ -232,6 +232,8 @@ def train(
             tokens = round(metrics.pop("tokens") * world)  # the global batch's tokens (padding excluded)
             record = {"step": step + 1, "lr": lr, **metrics, "step_s": round(time.perf_counter() - started, 4),
                       "tokens": tokens, "batches": hashes}
+            if accelerator.device.type == "cuda":  # this process's peak since the run started
+                record["max_memory_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 3)
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             bar.update(1)

@@ -142,6 +142,12 @@ def _load(model: str):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id serves
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    rows = lm.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # an id past the embedding fails deep in the forward pass otherwise
+        raise ConfigError(f"for model {model}", [
+            f"its tokenizer has {len(tokenizer)} tokens (pad token {tokenizer.pad_token!r} = id "
+            f"{tokenizer.pad_token_id}) but its input embedding has {rows} rows: a token was added to the "
+            f"tokenizer without resizing the model; use a pad token the vocabulary has"])
     return tokenizer, lm
 
 

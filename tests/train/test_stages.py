@@ -101,3 +101,16 @@ def test_run_record_is_read_whole_or_refused_naming_the_file(tmp_path):
     (tmp_path / RUN_RECORD).write_text('{"stage": ', encoding="utf-8")
     with pytest.raises(ValueError, match=r"alignx\.json: expected the run record .* found invalid JSON"):
         read_run_record(tmp_path)
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(sp_tokenizer, shards, tmp_path):
+    """A pad token added to the tokenizer without resizing the model: refused with the sizes, not an
+    IndexError deep in the forward pass."""
+    model = tiny_causal_lm("llama", sp_tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(str(save_model(model, sp_tokenizer, tmp_path / "model")))
+    tokenizer.pad_token = "<not-in-the-vocabulary>"
+    tokenizer.save_pretrained(tmp_path / "model")
+    cfg = parse_config({"name": "pad", "languages": list(LANGS), "run_root": str(tmp_path),
+                        "stage1": {"align_layer": 2, "train": {"steps": 1, "micro_batch_size": 2}}})
+    with pytest.raises(ConfigError, match=r"tokenizer has \d+ tokens .*'<not-in-the-vocabulary>'.* embedding has \d+ rows"):
+        train_stage1(str(tmp_path / "model"), shards, cfg, tmp_path / "out")
