@@ -106,6 +106,12 @@ def _temporary_sibling(final: Path, kind: str) -> Path:
     return final.with_name(f".{final.name}.{kind}-{temp_tag()}~{uuid.uuid4().hex[:8]}")
 
 
+def temporary_path(final: Path) -> Path:
+    """A temporary sibling of ``final`` tagged with this writer: if the writer dies, the next writer of
+    ``final`` (``atomic_dir``, ``atomic_file``, ``remove_dead_temporaries``) removes it."""
+    return _temporary_sibling(Path(final), "tmp")
+
+
 def remove_dead_temporaries(final: Path) -> list[Path]:
     """Remove the temporary siblings of ``final`` (``.<name>.tmp-*``, ``.<name>.old-*``) whose writer died.
 

@@ -26,12 +26,11 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from alignx.artefacts import Artefact
+from alignx.artefacts import Artefact, remove_dead_temporaries, temporary_path
 from alignx.config import REPO_ROOT, PipelineConfig
 from alignx.train.worker import PROTOCOL, die_with_parent, run_stage as run_stage_here
 
@@ -134,10 +133,11 @@ def launch(
     """Start the stage as ``processes`` processes and wait for it (see the module doc)."""
     out = Path(args["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f".{out.name}.call-", dir=out.parent,
-                                     delete=False, encoding="utf-8") as fh:
-        json.dump({"stage": stage, "args": args, "config": cfg.model_dump(mode="json")}, fh)
-        call_file = Path(fh.name)
+    # named as a temporary of ``out`` by this process, so the stage's next writer removes it if we die
+    remove_dead_temporaries(out)
+    call_file = temporary_path(out)
+    call_file.write_text(json.dumps({"stage": stage, "args": args, "config": cfg.model_dump(mode="json")}),
+                         encoding="utf-8")
     command = [sys.executable, "-m", "alignx.launch", "--standalone", f"--nproc-per-node={processes}",
                "-m", worker_module, str(call_file)]
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",

@@ -160,4 +160,4 @@ def test_a_failing_process_is_reported_with_its_message(tiny_llama_dir, shards, 
     args = {"model": str(tiny_llama_dir), "shards": str(shards), "out": str(tmp_path / "out"), "control": False}
     with pytest.raises(launcher.StageFailed, match=r"(?s)stage1 failed in process [01] of 2: ConfigError: .*max_length=8 cuts the response"):
         launch("stage1", args, cfg, 2)
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.call-*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))  # the call file is gone too
