@@ -92,8 +92,6 @@ def check_fits(stage: str, args: dict[str, Any], cfg: PipelineConfig, gpus: int,
     The plan holds back a reserve for the CUDA context and fragmentation; a stage over that line but
     within the whole memory only gets a warning (the plan is an estimate), one over the whole is refused.
     """
-    import logging
-
     from alignx import plan
     from alignx.config import ConfigError
 
@@ -107,7 +105,7 @@ def check_fits(stage: str, args: dict[str, Any], cfg: PipelineConfig, gpus: int,
         return
     where = f"{stage} needs about {need:.1f} GiB per GPU under {strategy} on {gpus} GPU(s) of {have:.0f} GiB"
     if est.total <= gpu_memory_gib * 2**30:
-        logging.getLogger(__name__).warning("%s: within the GPU but over the plan's reserve", where)
+        log.warning("%s: within the GPU but over the plan's reserve", where)
         return
     hints = [h for h, off in ((f"{stage}.train.gradient_checkpointing: true", not train.gradient_checkpointing),
                               (f"{stage}.train.sharding: fsdp with launch.processes > 1",

@@ -206,3 +206,22 @@ def test_a_stage_that_cannot_fit_is_refused_before_it_starts(tmp_path):
     with pytest.raises(ConfigError, match=r"stage1 needs about .* GiB per GPU under ddp on 1 GPU\(s\) of 0 GiB.*"
                                           r"gradient_checkpointing: true.*alignx plan --profile fit"):
         check_fits("stage1", args, cfg, 1, 0.01)
+
+
+def test_a_stage_over_the_reserve_but_within_the_gpu_only_warns(tmp_path, caplog):
+    """The plan is an estimate: between the reserve line and the whole GPU the stage starts, with a warning."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignx.config import parse_config
+    from alignx.launch import check_fits
+    from alignx.plan import base_model_shape
+
+    model = tmp_path / "model"
+    LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                 intermediate_size=128)).save_pretrained(model)
+    cfg = parse_config({"name": "fit", "stage1": {"align_layer": 2, "train": {"micro_batch_size": 8, "max_length": 256}}})
+    total = estimate(base_model_shape(str(model)), cfg.stage1.train, "ddp", 1, "cuda",
+                     stage1_head_width=cfg.stage1.lam_width).total
+    with caplog.at_level("WARNING", logger="alignx.launch"):
+        check_fits("stage1", {"model": str(model)}, cfg, 1, total / 2**30 * 1.05)  # inside the 10% reserve
+    assert "within the GPU but over the plan's reserve" in caplog.text
