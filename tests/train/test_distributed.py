@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from alignx.artefacts import read_marker, verify_artefact
+from alignx.config import parse_config
 from alignx.records import read_log
-from alignx.train.stages import work_dir_for
+from alignx.train.stages import train_stage1, work_dir_for
 from tests.train.tiny import LANGS
 
 
@@ -50,7 +51,10 @@ def test_two_processes_train_both_arms_and_write_each_output_once(tiny_llama_dir
         assert not work_dir_for(out).exists()
     assert not list((two / "out").glob(".*.tmp*"))  # no half-written directory left beside them
 
-    one = _launch(1, cfg, tmp_path, tiny_llama_dir, shards, "one")
+    one = tmp_path / "one"  # one process, in this one: micro-batches of 4, accumulated two at a time
+    for arm in ("alignx", "control"):
+        train_stage1(str(tiny_llama_dir), shards, parse_config({**cfg, "run_root": str(one)}), one / "out" / arm,
+                     control=arm == "control")
     for arm in ("alignx", "control"):
         a, b = read_log(one / "out" / arm / "train_log.jsonl"), read_log(two / "out" / arm / "train_log.jsonl")
         # rank 0 logs the losses of its own micro-batches: compare the batches both saw at each step
