@@ -176,6 +176,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, final)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put the finished directory ``tmp`` in the place of ``final`` (moving any old one aside first)."""
+    final = Path(final)
     if final.exists():
         trash = _temporary_sibling(final, "old")
         os.replace(final, trash)

@@ -19,6 +19,29 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from alignx.model.losses import lm_loss
 
+# Two architectures of about 20-25M parameters; padded batches of 4 x 128 as the loop collates them.
+# Llama: GQA (4 of 8 kv heads), untied; Qwen3: q/k norms, GQA (2 of 8), tied embeddings.
+MODELS = {
+    "llama": {"model_type": "llama", "config": {
+        "vocab_size": 16000, "hidden_size": 512, "num_hidden_layers": 3, "num_attention_heads": 8,
+        "num_key_value_heads": 4, "intermediate_size": 1376, "tie_word_embeddings": False}},
+    "qwen3": {"model_type": "qwen3", "config": {
+        "vocab_size": 16000, "hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
+        "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 1536, "tie_word_embeddings": True}},
+}
+BATCH, SEQ, PAD = 4, 128, 5
+
+
+def probe_command(repo: str) -> tuple[list[str], dict[str, str]]:
+    """How to run this probe on MODELS in a fresh process: argv and environment (freed memory returned
+    to the system, one thread)."""
+    import os
+
+    specs = [{**spec, "batch": BATCH, "seq": SEQ, "pad": PAD} for spec in MODELS.values()]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": repo}
+    return [sys.executable, __file__, json.dumps(specs)], env
+
 
 def memory() -> dict[str, int]:
     fields = {}

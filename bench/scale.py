@@ -33,36 +33,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from alignx.config import REPO_ROOT, ModelSpec, TokenizerSpec, TrainConfig, parse_config  # noqa: E402
+from bench.memory_probe import BATCH, MODELS, SEQ, probe_command  # noqa: E402
+from tests.train.shards import tatoeba_pairs, write_shards  # noqa: E402  (tiny Tatoeba shards, no data stage)
 
 LANGS = ("de", "fr", "ru", "zh")
 
 
-def tatoeba(mirror: Path, lang: str, limit: int) -> list[tuple[str, str]]:
-    from alignx.languages import get_language
-
-    x3 = get_language(lang).iso3
-    folder = next(p for p in (mirror / "tatoeba").iterdir() if set(p.name.split("-")) == {x3, "eng"})
-    lines = {code: (folder / f"tatoeba.{folder.name}.{code}").read_text(encoding="utf-8").splitlines()[:limit]
-             for code in (x3, "eng")}
-    return [(x.strip(), e.strip()) for x, e in zip(lines[x3], lines["eng"])]
-
-
 def build_inputs(work: Path, args) -> tuple[Path, Path]:
     """Shards of Tatoeba pairs, and a random Llama with a SentencePiece tokenizer trained on them."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from alignx.data.schema import PAIR_SCHEMA, pair_id
     from alignx.model.bootstrap import build_llama, template_sentences, train_tokenizer
 
     mirror = REPO_ROOT.parent / "shared" / "data"
-    pairs = {lang: tatoeba(mirror, lang, args.pairs) for lang in LANGS}
-    for lang, rows in pairs.items():
-        table = pa.Table.from_pylist([
-            {"pair_id": pair_id(lang, "en", x, e), "src_lang": lang, "tgt_lang": "en", "src_text": x, "tgt_text": e,
-             "source": "tatoeba", "src_lid": 1.0, "tgt_lid": 1.0} for x, e in rows], schema=PAIR_SCHEMA)
-        (work / "shards" / "train" / f"{lang}-en").mkdir(parents=True)
-        pq.write_table(table, work / "shards" / "train" / f"{lang}-en" / "part-00000.parquet")
+    pairs = {lang: tatoeba_pairs(mirror, lang, args.pairs) for lang in LANGS}
+    write_shards(work / "shards", pairs)
     sentences = [s for rows in pairs.values() for pair in rows for s in pair]
     tokenizer = train_tokenizer(sentences + template_sentences(["en", *LANGS], 50),
                                 TokenizerSpec(vocab_size=args.vocab), work / "tokenizer")
@@ -111,23 +94,12 @@ def plan_vs_measured() -> list[dict]:
 
     from alignx.plan import estimate, shape_from_config
 
-    models = {
-        "llama-25M": {"model_type": "llama", "config": {
-            "vocab_size": 16000, "hidden_size": 512, "num_hidden_layers": 3, "num_attention_heads": 8,
-            "num_key_value_heads": 4, "intermediate_size": 1376, "tie_word_embeddings": False}},
-        "qwen3-20M": {"model_type": "qwen3", "config": {
-            "vocab_size": 16000, "hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
-            "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 1536, "tie_word_embeddings": True}},
-    }
-    batch, seq, pad = 4, 128, 5
-    specs = [{**spec, "batch": batch, "seq": seq, "pad": pad} for spec in models.values()]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "memory_probe.py"), json.dumps(specs)],
-                          capture_output=True, text=True, env=env, check=True)
-    measured = json.loads(proc.stdout.splitlines()[-1])
-    train = TrainConfig(micro_batch_size=batch, max_length=seq, mixed_precision="no")
+    command, env = probe_command(str(REPO))
+    measured = json.loads(subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+                          .stdout.splitlines()[-1])
+    train = TrainConfig(micro_batch_size=BATCH, max_length=SEQ, mixed_precision="no")
     rows = []
-    for (name, spec), got in zip(models.items(), measured):
+    for (name, spec), got in zip(MODELS.items(), measured):
         shape = shape_from_config(AutoConfig.for_model(spec["model_type"], **spec["config"]), name)
         est = estimate(shape, train, "ddp", 1, "cpu")
         rows.append({"model": name, "params": shape.params, "estimated_mib": round(est.total / 2**20, 1),

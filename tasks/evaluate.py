@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.logging import get_run_logger
 
-from alignx import launch
 from alignx.artefacts import Artefact
 from alignx.config import PipelineConfig, fingerprint
 from alignx.eval import report
 from tasks.caching import retry_transient, stage_cache
-from tasks.observe import ProgressReporter
+from tasks.observe import ProgressReporter, run_observed
 
 EVAL_CODE = ("alignx/eval", "alignx/data/instructions.py", "alignx/mirror.py")
 _RETRY = dict(retries=1, retry_delay_seconds=[10], retry_condition_fn=retry_transient)
@@ -31,10 +29,8 @@ REPORT_SECTIONS = ["name", "eval.benchmarks", "eval.bootstrap_resamples", "eval.
 def evaluate(model: Artefact, benchmark_fingerprint: str, cfg: PipelineConfig, name: str) -> Artefact:
     """Benchmarks and alignment metrics of one checkpoint (keyed on model + benchmark data + config)."""
     out = cfg.resolved_run_root() / "eval" / f"{name}-{fingerprint(model.fingerprint, benchmark_fingerprint, cfg.eval, cfg.stage1.align_layer, cfg.data.langid)}"
-    logger = get_run_logger()
-    return launch.run_stage("evaluate", {"model": model.path, "out": str(out)}, cfg,
-                            progress=ProgressReporter(f"evaluate-{name}", f"evaluate {name}"),
-                            on_line=lambda line: logger.info("%s", line))
+    return run_observed("evaluate", {"model": model.path, "out": out}, cfg,
+                        ProgressReporter(f"evaluate-{name}", f"evaluate {name}"))
 
 
 @task(name="report", cache_policy=stage_cache(REPORT_SECTIONS, EVAL_CODE), persist_result=True, **_RETRY)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run
+
+from alignx import launch
+from alignx.artefacts import Artefact
+from alignx.config import PipelineConfig
 
 
 def stage1_run_name() -> str:
@@ -42,3 +47,11 @@ class ProgressReporter:
             self._artifact_id = create_progress_artifact(pct, key=self.key, description=self.description)
         else:
             update_progress_artifact(self._artifact_id, pct)
+
+
+def run_observed(stage: str, args: dict[str, Any], cfg: PipelineConfig, progress: ProgressReporter) -> Artefact:
+    """A stage (``alignx.launch.run_stage``) here, or as a launched process group whose log lines join
+    this task's log and whose progress feeds ``progress``."""
+    logger = get_run_logger()
+    return launch.run_stage(stage, {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}, cfg,
+                            progress=progress, on_line=lambda line: logger.info("%s", line))

@@ -12,12 +12,11 @@ from pathlib import Path
 from prefect import task
 from prefect.logging import get_run_logger
 
-from alignx import launch
 from alignx.artefacts import Artefact
 from alignx.config import PipelineConfig, fingerprint
 from alignx.model import base_models
 from tasks.caching import file_fingerprints, retry_transient, stage_cache
-from tasks.observe import ProgressReporter, stage1_run_name
+from tasks.observe import ProgressReporter, run_observed, stage1_run_name
 
 TRAIN_CODE = ("alignx/data", "alignx/model", "alignx/train")
 _RETRY = dict(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
@@ -44,13 +43,6 @@ def _with_oom_fallback(run: Callable[[PipelineConfig], Artefact], cfg: PipelineC
     get_run_logger().warning("%s ran out of memory (%s); retrying with gradient checkpointing", section, message)
     return run(cfg.model_copy(update={section: getattr(cfg, section).model_copy(
         update={"train": getattr(cfg, section).train.model_copy(update={"gradient_checkpointing": True})})}))
-
-
-def _run_stage(stage: str, args: dict, cfg: PipelineConfig, progress: ProgressReporter) -> Artefact:
-    """The stage here, or as a launched process group whose log lines join this task's log."""
-    logger = get_run_logger()
-    return launch.run_stage(stage, {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}, cfg,
-                            progress=progress, on_line=lambda line: logger.info("%s", line))
 
 
 def release_memory() -> None:
@@ -90,7 +82,7 @@ def bootstrap(shards: Artefact, cfg: PipelineConfig) -> Artefact:
     """Train the offline base model (SentencePiece tokenizer + small Llama) on the train shards."""
     out = model_dir(cfg, "base", shards.fingerprint, cfg.bootstrap)
     return _with_oom_fallback(
-        lambda c: _run_stage("bootstrap", {"shards": shards.path, "out": out}, c,
+        lambda c: run_observed("bootstrap", {"shards": shards.path, "out": out}, c,
                              ProgressReporter("bootstrap", "bootstrap pretraining")),
         cfg, "bootstrap")
 
@@ -103,7 +95,7 @@ def stage1(base: Artefact, shards: Artefact, cfg: PipelineConfig, control: bool 
     arm = "control" if control else "alignx"
     out = model_dir(cfg, f"{arm}-stage1", base.fingerprint, shards.fingerprint, cfg.stage1, control)
     return _with_oom_fallback(
-        lambda c: _run_stage("stage1", {"model": base.path, "shards": shards.path, "out": out, "control": control}, c,
+        lambda c: run_observed("stage1", {"model": base.path, "shards": shards.path, "out": out, "control": control}, c,
                              ProgressReporter(f"stage1-{arm}", f"stage 1 ({arm})")),
         cfg, "stage1")
 
@@ -115,6 +107,6 @@ def stage2(model: Artefact, shards: Artefact, cfg: PipelineConfig, arm: str) -> 
     out = model_dir(cfg, f"{arm}-stage2", model.fingerprint, shards.fingerprint, cfg.stage2,
                     file_fingerprints(cfg, STAGE2_SECTIONS))  # a changed instruction file: a new model
     return _with_oom_fallback(
-        lambda c: _run_stage("stage2", {"model": model.path, "shards": shards.path, "out": out}, c,
+        lambda c: run_observed("stage2", {"model": model.path, "shards": shards.path, "out": out}, c,
                              ProgressReporter(f"stage2-{arm}", f"stage 2 ({arm})")),
         cfg, "stage2")

@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from alignx.cli import main
+from bench.memory_probe import BATCH, MODELS, SEQ, probe_command
 from alignx.config import REPO_ROOT, LoraConfig, TrainConfig, load_profile
 from alignx.model.base_models import BaseModelError, load_catalogue
 from alignx.plan import base_model_shape, estimate, gguf_shape, plan, published_shape, shape_from_config
-
-PROBE = REPO_ROOT / "bench" / "memory_probe.py"
-# Two architectures of about 20-25M parameters; padded batches of 4 x 128 as the loop collates them.
-# Llama: GQA (4 of 8 kv heads), untied; Qwen3: q/k norms, GQA (2 of 8), tied embeddings.
-MODELS = {
-    "llama": {"model_type": "llama", "config": {
-        "vocab_size": 16000, "hidden_size": 512, "num_hidden_layers": 3, "num_attention_heads": 8,
-        "num_key_value_heads": 4, "intermediate_size": 1376, "tie_word_embeddings": False}},
-    "qwen3": {"model_type": "qwen3", "config": {
-        "vocab_size": 16000, "hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
-        "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 1536, "tie_word_embeddings": True}},
-}
-BATCH, SEQ, PAD = 4, 128, 5
-
 
 @pytest.fixture(scope="module", autouse=True)
 def probe(request):
@@ -36,11 +21,8 @@ def probe(request):
     if not any("measured" in item.fixturenames for item in request.session.items):
         yield None
         return
-    specs = [{**spec, "batch": BATCH, "seq": SEQ, "pad": PAD} for spec in MODELS.values()]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, str(PROBE), json.dumps(specs)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    command, env = probe_command(str(REPO_ROOT))
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     yield proc
     if proc.poll() is None:
         proc.kill()

@@ -12,27 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from alignx.processes import process_state
+
 R = TypeVar("R")
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) outside a process group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main() -> bool:
-    return world()[0] == 0
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if world()[1] > 1:
-        dist.barrier()
 
 
 def split_gather(n: int, compute: Callable[[list[int]], Sequence[R]], owner: Sequence[int] | None = None,
@@ -43,7 +25,8 @@ def split_gather(n: int, compute: Callable[[list[int]], Sequence[R]], owner: Seq
     value go to the same process. ``compute(indices)`` returns one result per index, in that order
     (and reports its own items to ``progress``); the other processes' items are reported once gathered.
     """
-    rank, size = world()
+    state = process_state()
+    rank, size = state.process_index, state.num_processes
     if size == 1:
         return list(compute(list(range(n))))
     import torch.distributed as dist

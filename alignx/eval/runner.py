@@ -22,13 +22,13 @@ from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, read_marke
 from alignx.config import PipelineConfig
 from alignx.data.instructions import encode_examples, translation_instruction
 from alignx.eval import alignment as align
-from alignx.eval import parallel
 from alignx.eval.generation import GreedyGenerator
 from alignx.eval.loglik import LoglikelihoodScorer, model_max_length
 from alignx.eval.plan import EvalInputError, EvalPlan, benchmark_fingerprint, plan_evaluation
 from alignx.eval.scoring import evaluate_choice, evaluate_generation, evaluate_translation
 from alignx.eval.translation import translation_prompts
 from alignx.mirror import resolve_mirror
+from alignx.processes import written_once
 
 __all__ = ["EvalInputError", "benchmark_fingerprint", "check_prompt_lengths", "evaluate_model", "load_model",
            "report_layer"]
@@ -102,7 +102,8 @@ def evaluate_model(model_path: str, cfg: PipelineConfig, out_dir: Path, progress
         "seconds": run.seconds,
     }
     out_dir = Path(out_dir)
-    if parallel.is_main():  # under several processes every one holds the same results; one writes
+
+    def write_output() -> None:  # under several processes every one holds the same results; one writes
         with atomic_dir(out_dir) as tmp:
             (tmp / ITEMS_DIR).mkdir()
             for task, rows in run.items.items():
@@ -110,11 +111,8 @@ def evaluate_model(model_path: str, cfg: PipelineConfig, out_dir: Path, progress
                 (tmp / ITEMS_DIR / f"{task}.jsonl").write_text(lines, encoding="utf-8")
             atomic_write_json(tmp / METRICS_FILE, metrics_doc)
         write_marker(out_dir, "eval", {"metrics": str(out_dir / METRICS_FILE), "groups": metrics_doc["groups"]})
-    parallel.barrier()
-    artefact = read_marker(out_dir)
-    if artefact is None:
-        raise RuntimeError(f"{out_dir}: the main process wrote no artefact marker")
-    return artefact
+
+    return written_once(out_dir, write_output)
 
 
 def check_prompt_lengths(plan: EvalPlan, tokenizer, cfg: PipelineConfig, max_length: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignx.artefacts import atomic_dir, atomic_write_text
+from alignx.artefacts import atomic_dir, atomic_write_text, replace_dir
+from alignx.processes import process_state
 from alignx.records import read_log
 
 log = logging.getLogger(__name__)
@@ -95,16 +95,7 @@ def load_checkpoint(
 
 
 # ---------------------------------------------------------------- sharded (FSDP2) checkpoints
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def save_sharded_checkpoint(
-    work_dir: Path, run_key: str, step: int, model: torch.nn.Module, optimizer, scheduler, *, is_main: bool
-) -> None:
+def save_sharded_checkpoint(work_dir: Path, run_key: str, step: int, model: torch.nn.Module, optimizer, scheduler) -> None:
     """Every process writes its shards (``torch.distributed.checkpoint``) into one temporary folder;
     the main one adds the run key, scheduler and RNG state and renames the folder into place.
 
@@ -117,28 +108,21 @@ def save_sharded_checkpoint(
 
     work_dir = Path(work_dir)
     tmp = work_dir / f".{CHECKPOINT_DIR}.sharded-step{step}"
+    state = process_state()
     model_state, optim_state = get_state_dict(model, optimizer)
-    if is_main:
+    if state.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    _barrier()
+    state.wait_for_everyone()
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp))
-    _barrier()
-    if is_main:
+    state.wait_for_everyone()
+    if state.is_main_process:
         torch.save({"run_key": run_key, "step": step, "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    tmp / STATE_FILE)
         (tmp / "meta.json").write_text(json.dumps({"run_key": run_key, "step": step, "format": "dcp"}),
                                        encoding="utf-8")
-        final = work_dir / CHECKPOINT_DIR
-        if final.exists():
-            trash = work_dir / f".{CHECKPOINT_DIR}.old-step{step}"
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    _barrier()
+        replace_dir(tmp, work_dir / CHECKPOINT_DIR)
+    state.wait_for_everyone()
 
 
 def load_sharded_checkpoint(work_dir: Path, run_key: str, model: torch.nn.Module, optimizer, scheduler) -> Resumed | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from alignx.config import TrainConfig, fingerprint
 from alignx.data.collate import TrainExample, collate, micro_batch_schedule
+from alignx.processes import process_state
 from alignx.records import TRAIN_LOG, read_log
 from alignx.train.checkpoint import truncate_log
 from alignx.train.parallel import Replicated, Sharded
@@ -60,15 +61,6 @@ def mixed_precision_mode(setting: str) -> str:
     if not torch.cuda.is_available():
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def process_state() -> PartialState:
-    """This process's place in a distributed run (rank, world size), set up as the training loop does.
-
-    On a machine without CUDA, accelerate forms a multi-process group only when asked for the CPU
-    explicitly; a plain ``PartialState()`` created first would make every process rank 0 of 1.
-    """
-    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def accumulation_steps(cfg: TrainConfig, num_processes: int) -> int:
@@ -136,19 +128,6 @@ def set_activation_checkpointing(lm: nn.Module, on: bool) -> None:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     else:
         lm.gradient_checkpointing_disable()
-
-
-def mean_over_processes(metrics: dict[str, float], world: int) -> dict[str, float]:
-    """The step's loss parts over the whole global batch (each process saw its own micro-batches)."""
-    if world == 1:
-        return metrics
-    import torch.distributed as dist
-
-    values = torch.tensor(list(metrics.values()), dtype=torch.float64)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    values = values.to(device)
-    dist.all_reduce(values)
-    return {k: float(v) / world for k, v in zip(metrics, values.cpu().tolist())}
 
 
 def batch_fingerprint(input_ids: torch.Tensor) -> str:
@@ -227,8 +206,13 @@ def train(
                 parts.append(out.as_dict())
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
-            metrics = mean_over_processes({"tokens": tokens, **{k: sum(p[k] for p in parts) / len(parts)
-                                                                for k in parts[0]}}, world)
+            # the loss parts over the whole global batch (each process saw its own micro-batches)
+            local = {"tokens": tokens, **{k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}}
+            if world > 1:
+                means = accelerator.reduce(torch.tensor(list(local.values()), dtype=torch.float64,
+                                                        device=accelerator.device), reduction="mean")
+                local = dict(zip(local, means.tolist()))
+            metrics = local
             tokens = round(metrics.pop("tokens") * world)  # the global batch's tokens (padding excluded)
             record = {"step": step + 1, "lr": lr, **metrics, "step_s": round(time.perf_counter() - started, 4),
                       "tokens": tokens, "batches": hashes}

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
 from torch import nn
 
@@ -50,7 +49,8 @@ class Replicated:
         return self.optimizer, scheduler
 
     def forward_backward(self, batch: dict[str, torch.Tensor], last: bool, grad_clip: float):
-        """One micro-batch; on the last of an accumulation round the optimizer steps."""
+        """One micro-batch; on the last of an accumulation round (``last``; accelerate counts them here)
+        the optimizer steps."""
         acc = self.accelerator
         with acc.accumulate(self.model):
             with acc.autocast():
@@ -90,7 +90,7 @@ class Sharded(Replicated):
     def __init__(self, accelerator: Accelerator, mixed_precision: str):
         super().__init__(accelerator)
         self.mixed_precision = mixed_precision
-        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.distributed = accelerator.num_processes > 1
 
     def setup(self, objective: nn.Module, make_optimizer: OptimizerFactory) -> tuple[torch.optim.Optimizer, Any]:
         from torch.distributed.device_mesh import init_device_mesh
@@ -100,7 +100,7 @@ class Sharded(Replicated):
         if self.distributed:
             policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                       if self.mixed_precision == "bf16" else MixedPrecisionPolicy())
-            mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+            mesh = init_device_mesh(device.type, (self.accelerator.num_processes,))
             for layer in decoder_layers(objective.lm):
                 fully_shard(layer, mesh=mesh, mp_policy=policy)
             fully_shard(objective, mesh=mesh, mp_policy=policy)  # embeddings, final norm, lm head, L_lam head
@@ -109,13 +109,11 @@ class Sharded(Replicated):
         self.model = objective
         self.optimizer, self.scheduler = make_optimizer([p for p in objective.parameters() if p.requires_grad])
         self._accum = self.accelerator.gradient_accumulation_steps
-        self._micro = 0
         return self.optimizer, self.scheduler
 
     def forward_backward(self, batch: dict[str, torch.Tensor], last: bool, grad_clip: float):
-        sync = last or not self.distributed
         if self.distributed:
-            self.model.set_requires_gradient_sync(sync)  # reduce-scatter once per optimizer step
+            self.model.set_requires_gradient_sync(last)  # reduce-scatter once per optimizer step
         if self.distributed or self.mixed_precision == "no":
             out = self.model(batch)  # the policy casts parameters; no autocast
         else:
@@ -130,8 +128,7 @@ class Sharded(Replicated):
         return out
 
     def save(self, work_dir: Path, run_key: str, step: int) -> None:
-        save_sharded_checkpoint(work_dir, run_key, step, self.model, self.optimizer, self.scheduler,
-                                is_main=self.accelerator.is_main_process)
+        save_sharded_checkpoint(work_dir, run_key, step, self.model, self.optimizer, self.scheduler)
 
     def load(self, work_dir: Path, run_key: str) -> Resumed | None:
         return load_sharded_checkpoint(work_dir, run_key, self.model, self.optimizer, self.scheduler)

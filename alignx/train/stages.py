@@ -30,7 +30,8 @@ from alignx.model.bootstrap import (
 )
 from alignx.model.lora import add_adapters, merged
 from alignx.records import RUN_RECORD, TRAIN_LOG, read_run_record
-from alignx.train.loop import Progress, TrainResult, process_state, train
+from alignx.processes import process_state, written_once
+from alignx.train.loop import Progress, TrainResult, train
 from alignx.train.parallel import sub_state
 
 log = logging.getLogger(__name__)
@@ -160,27 +161,21 @@ def _examples(tokenizer, rows: pd.DataFrame, max_length: int, languages: list[st
 def _finish(out_dir: Path, write, result: TrainResult, record: dict[str, Any]) -> Artefact:
     """Write the output dir atomically (model files via ``write``, log, run record), then the marker.
 
-    Under several processes (``accelerate launch``) only the main one writes; the others wait for it
-    and return the marker it wrote, so no two processes ever rename into the same directory.
+    Under several processes only the main one writes (``alignx.processes.written_once``).
     """
     out_dir = Path(out_dir)
-    state = process_state()
-    if state.is_main_process:
-        record = {**record, "steps": result.steps, "final": result.final, "resumed_from": result.resumed_from}
+
+    def write_output() -> None:
+        full = {**record, "steps": result.steps, "final": result.final, "resumed_from": result.resumed_from}
         with atomic_dir(out_dir) as tmp:
             write(tmp)
             shutil.copyfile(result.log_path, tmp / TRAIN_LOG)
-            (tmp / RUN_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True, default=str),
-                                          encoding="utf-8")
-        write_marker(out_dir, "model", {"stage": record["stage"], "steps": result.steps, **result.final,
-                                        **{k: record[k] for k in ("align_layer", "control") if k in record}})
-    state.wait_for_everyone()
-    artefact = read_marker(out_dir)
-    if artefact is None:
-        raise RuntimeError(f"{out_dir}: the main process wrote no artefact marker")
-    if state.is_main_process:
+            (tmp / RUN_RECORD).write_text(json.dumps(full, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        write_marker(out_dir, "model", {"stage": full["stage"], "steps": result.steps, **result.final,
+                                        **{k: full[k] for k in ("align_layer", "control") if k in full}})
         shutil.rmtree(work_dir_for(out_dir), ignore_errors=True)
-    return artefact
+
+    return written_once(out_dir, write_output)
 
 
 def _check_fit(stage: str, examples: list, usable: int, max_length: int) -> None:

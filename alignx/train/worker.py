@@ -60,7 +60,7 @@ def main(call_file: str) -> int:
     import torch
 
     from alignx.config import parse_config
-    from alignx.train.loop import process_state
+    from alignx.processes import process_state
 
     call = json.loads(Path(call_file).read_text(encoding="utf-8"))
     cfg = parse_config(call["config"], source=call_file)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from alignx.config import parse_config
-from alignx.train.loop import process_state
+from alignx.processes import process_state
 from alignx.train.stages import train_stage1
 
 

@@ -1,0 +1,1 @@
+"""Benchmark scripts (each prints its figures); importable for the pieces tests share with them."""
