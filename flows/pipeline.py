@@ -16,8 +16,8 @@ from prefect.logging import get_run_logger
 
 from flows import chain
 from flows.params import PipelineParams, flow_run_name
-from tasks import data as data_tasks
 from tasks import evaluate as eval_tasks
+from tasks import preflight as preflight_task
 from tasks.caching import run_verified
 
 ORDER = ("data", "bootstrap", "stage1", "stage2", "evaluate")
@@ -40,7 +40,7 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     stop = ORDER.index(params.stop_after) if params.stop_after else len(ORDER) - 1
     log.info("profile %s, arms %s, run root %s", cfg.name, cfg.arms, cfg.resolved_run_root())
 
-    data_tasks.preflight(cfg)  # every stage's inputs checked before any work, all problems at once
+    preflight_task.preflight(cfg)  # every stage's inputs checked before any work, all problems at once
     shards = chain.run_data(cfg)
     result: dict[str, Any] = {"shards": shards.path}
     if stop < ORDER.index("bootstrap"):

@@ -1,25 +1,29 @@
 """Cache keys, retry rules and cache verification shared by every AlignX task.
 
-A task's cache key is its own source + a hash of the library code it runs + the config sections it
-reads + the content of the files those sections name + the fingerprints of its input artefacts (never
-a pickle of data, never INPUTS alone).
+A task's cache key is its own source + a hash of the code it runs (the import closure of its module and
+of its stage's entry, alignx.code_closure) + the config sections it reads + the content of the files
+those sections name + the fingerprints of its input artefacts (never a pickle of data, never INPUTS
+alone). A task's output folder is named by the same key (``output_key``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.context import TaskRunContext
 from prefect.transactions import IsolationLevel
 
 from alignx.artefacts import Artefact, file_digest, verify_artefact
+from alignx.code_closure import code_fingerprint
 from alignx.config import REPO_ROOT, PipelineConfig, fingerprint
+from alignx.train.worker import STAGE_ENTRIES
 from tasks.locks import HolderAwareLockManager
 
 logger = logging.getLogger(__name__)
@@ -31,24 +35,6 @@ LOCK_DIR = Path(LOCK_DIR_FIXED or REPO_ROOT / "data" / "cache" / "locks")  # key
 # A lock whose holder runs on another host is broken when its heartbeat is older than this.
 LOCK_STALE_AFTER_S = float(os.environ.get("ALIGNX_LOCK_STALE_SECONDS", "300"))
 LOCK_MANAGER = HolderAwareLockManager(LOCK_DIR, stale_after_s=LOCK_STALE_AFTER_S)
-_code_cache: dict[tuple[str, ...], str] = {}
-
-
-def code_fingerprint(packages: Iterable[str]) -> str:
-    """Hash of the Python sources under the given repo-relative folders or files."""
-    key = tuple(sorted(packages))
-    if key not in _code_cache:
-        h = hashlib.sha256()
-        for rel in key:
-            root = REPO_ROOT / rel
-            files = [root] if root.is_file() else sorted(root.rglob("*.py"))
-            for file in files:
-                h.update(file.relative_to(REPO_ROOT).as_posix().encode())
-                h.update(file.read_bytes())
-        _code_cache[key] = h.hexdigest()[:16]
-    return _code_cache[key]
-
-
 def config_part(cfg: PipelineConfig, dotted: str) -> Any:
     """The value of a dotted config path (``data.filters``), as JSON-able data."""
     node: Any = cfg
@@ -103,29 +89,54 @@ def _param_part(value: Any, sections: tuple[str, ...]) -> Any:
     return value
 
 
-def stage_cache(sections: Iterable[str], code: Iterable[str]) -> CacheKeyFnPolicy:
-    """A cache policy keyed on task source + library code + config sections (and the content of the
-    files they name) + input fingerprints.
+def code_entries(fn: Callable[..., Any], stage: str | None = None) -> list[str]:
+    """Where a task's code starts: its own module and, for a launched stage, the library module the
+    worker runs it from (``STAGE_ENTRIES``). The key covers their import closure, derived, never listed."""
+    return [fn.__module__] + ([STAGE_ENTRIES[stage]] if stage else [])
 
-    SERIALIZABLE isolation with a file lock manager: two runs computing the same key wait for each
-    other instead of writing the same artefact twice, and a lock whose holder died is broken.
+
+def stage_cache(sections: Iterable[str], stage: str | None = None) -> CacheKeyFnPolicy:
+    """A cache policy keyed on task source + the code it runs (its import closure) + config sections
+    (and the content of the files they name) + input fingerprints.
+
+    ``stage`` names the launched stage (``alignx.train.worker.STAGE_ENTRIES``) whose code the task
+    runs by name. SERIALIZABLE isolation with a file lock manager: two runs computing the same key wait
+    for each other instead of writing the same artefact twice, and a lock whose holder died is broken.
     """
     sections = tuple(sections)
-    code = tuple(code) + ("alignx/config.py", "alignx/artefacts.py", "alignx/languages.py")
+    if stage is not None and stage not in STAGE_ENTRIES:
+        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_ENTRIES)}")
 
     def key_fn(context: Any, parameters: dict[str, Any]) -> str:
-        task_source = inspect.getsource(context.task.fn)
-        parts = {k: _param_part(v, sections) for k, v in sorted(parameters.items()) if k != "progress"}
-        key = f"alignx-{context.task.name}-" + fingerprint(task_source, code_fingerprint(code), parts)
+        fn = context.task.fn
+        bound = inspect.signature(fn).bind_partial(**parameters)
+        bound.apply_defaults()  # a parameter left at its default keys the same as one passed explicitly
+        parts = {k: _param_part(v, sections) for k, v in sorted(bound.arguments.items()) if k != "progress"}
+        key = f"alignx-{context.task.name}-" + fingerprint(inspect.getsource(fn), code_fingerprint(code_entries(fn, stage)), parts)
         cfg = next((v for v in parameters.values() if isinstance(v, PipelineConfig)), None)
         if cfg is not None and not LOCK_DIR_FIXED:
             LOCK_MANAGER.route(key, cfg.resolved_run_root() / "locks")
         return key
 
+    key_fn.stage = stage  # type: ignore[attr-defined]  # read by the tests of the code keys
     return CacheKeyFnPolicy(cache_key_fn=key_fn).configure(
         isolation_level=IsolationLevel.SERIALIZABLE,
         lock_manager=LOCK_MANAGER,
     )
+
+
+def task_key(task: Any, parameters: dict[str, Any]) -> str:
+    """The cache key ``task``'s policy computes for ``parameters`` (without running it)."""
+    return task.cache_policy.cache_key_fn(SimpleNamespace(task=task), parameters)
+
+
+def output_key() -> str:
+    """The running task's cache-key digest, which names its output folder: the folder and the cache
+    entry come from one computation over the same parameters, so they cannot disagree."""
+    context = TaskRunContext.get()
+    if context is None:
+        raise RuntimeError("output_key() is called from inside a running task")
+    return task_key(context.task, context.parameters).rsplit("-", 1)[-1]
 
 
 # Errors that are worth a retry: transient I/O, not bad input.

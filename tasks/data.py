@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from alignx.artefacts import Artefact
 from alignx.config import PipelineConfig
@@ -11,14 +10,13 @@ from alignx.data import stages
 from tasks.caching import retry_transient, stage_cache
 from tasks.observe import ProgressReporter
 
-DATA_CODE = ("alignx/data", "alignx/mirror.py", "data/sources.yaml")
 _RETRY = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
 
 
 @task(
     name="collect",
     task_run_name="collect-{source}",
-    cache_policy=stage_cache(["data.max_pairs_per_pair", "languages", "pivot", "data_mirror"], DATA_CODE),
+    cache_policy=stage_cache(["data.max_pairs_per_pair", "languages", "pivot", "data_mirror"]),
     persist_result=True,
     tags=["data"],
     **_RETRY,
@@ -30,7 +28,7 @@ def collect(source: str, source_fingerprint: str, cfg: PipelineConfig) -> Artefa
 
 @task(
     name="langid-filter",
-    cache_policy=stage_cache(["data.langid", "data.filters", "languages", "pivot"], DATA_CODE),
+    cache_policy=stage_cache(["data.langid", "data.filters", "languages", "pivot"]),
     persist_result=True,
     tags=["data"],
     **_RETRY,
@@ -42,7 +40,7 @@ def langid_filter(raw: list[Artefact], cfg: PipelineConfig) -> Artefact:
 
 @task(
     name="shard",
-    cache_policy=stage_cache(["data.shard"], DATA_CODE),
+    cache_policy=stage_cache(["data.shard"]),
     persist_result=True,
     tags=["data"],
     **_RETRY,
@@ -50,11 +48,3 @@ def langid_filter(raw: list[Artefact], cfg: PipelineConfig) -> Artefact:
 def shard(filtered: Artefact, cfg: PipelineConfig) -> Artefact:
     """Write the filtered pairs as train/valid Parquet shards with a manifest."""
     return stages.write_shards(filtered, cfg, cfg.resolved_run_root())
-
-
-@task(name="preflight", cache_policy=NO_CACHE, retries=0)
-def preflight(cfg: PipelineConfig) -> None:
-    """Every stage's input checks before any work (alignx.preflight); fails listing every problem."""
-    from alignx.preflight import preflight as check
-
-    check(cfg)

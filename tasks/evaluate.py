@@ -7,12 +7,11 @@ from pathlib import Path
 from prefect import task
 
 from alignx.artefacts import Artefact
-from alignx.config import PipelineConfig, fingerprint
+from alignx.config import PipelineConfig
 from alignx.eval import report
-from tasks.caching import retry_transient, stage_cache
+from tasks.caching import output_key, retry_transient, stage_cache
 from tasks.observe import ProgressReporter, run_observed
 
-EVAL_CODE = ("alignx/eval", "alignx/data/instructions.py", "alignx/mirror.py")
 _RETRY = dict(retries=1, retry_delay_seconds=[10], retry_condition_fn=retry_transient)
 
 
@@ -24,18 +23,18 @@ EVAL_SECTIONS = ["eval", "languages", "pivot", "data_mirror", "stage1.align_laye
 REPORT_SECTIONS = ["name", "eval.benchmarks", "eval.bootstrap_resamples", "eval.bootstrap_seed"]
 
 
-@task(name="evaluate", task_run_name="evaluate-{name}", cache_policy=stage_cache(EVAL_SECTIONS, EVAL_CODE),
+@task(name="evaluate", task_run_name="evaluate-{name}", cache_policy=stage_cache(EVAL_SECTIONS, "evaluate"),
       persist_result=True, tags=["gpu"], **_RETRY)
 def evaluate(model: Artefact, benchmark_fingerprint: str, cfg: PipelineConfig, name: str) -> Artefact:
     """Benchmarks and alignment metrics of one checkpoint (keyed on model + benchmark data + config)."""
-    out = cfg.resolved_run_root() / "eval" / f"{name}-{fingerprint(model.fingerprint, benchmark_fingerprint, cfg.eval, cfg.stage1.align_layer, cfg.data.langid)}"
+    out = cfg.resolved_run_root() / "eval" / f"{name}-{output_key()}"
     return run_observed("evaluate", {"model": model.path, "out": out}, cfg,
                         ProgressReporter(f"evaluate-{name}", f"evaluate {name}"))
 
 
-@task(name="report", cache_policy=stage_cache(REPORT_SECTIONS, EVAL_CODE), persist_result=True, **_RETRY)
+@task(name="report", cache_policy=stage_cache(REPORT_SECTIONS), persist_result=True, **_RETRY)
 def write_report(evals: dict[str, Artefact], curves: dict[str, str], cfg: PipelineConfig) -> Artefact:
     """The comparison report (Markdown + plots) over every evaluated arm."""
-    out = cfg.resolved_run_root() / "report" / fingerprint({k: v.fingerprint for k, v in sorted(evals.items())}, cfg.eval)
+    out = cfg.resolved_run_root() / "report" / output_key()
     return report.write_report({k: Path(v.path) for k, v in evals.items()}, cfg, out,
                                curves={k: Path(v) for k, v in curves.items()})

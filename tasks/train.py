@@ -13,12 +13,11 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from alignx.artefacts import Artefact
-from alignx.config import PipelineConfig, fingerprint
+from alignx.config import PipelineConfig
 from alignx.model import base_models
-from tasks.caching import file_fingerprints, retry_transient, stage_cache
+from tasks.caching import output_key, retry_transient, stage_cache
 from tasks.observe import ProgressReporter, run_observed, stage1_run_name
 
-TRAIN_CODE = ("alignx/data", "alignx/model", "alignx/train")
 _RETRY = dict(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
 # launch: the number of processes fixes the global batch when train.global_batch_size is not set
 STAGE2_SECTIONS = ["stage2", "languages", "pivot", "stage1.align_layer", "launch"]  # stage2.general: by file content too
@@ -56,11 +55,12 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def model_dir(cfg: PipelineConfig, name: str, *parts: object) -> Path:
-    return cfg.resolved_run_root() / "models" / f"{name}-{fingerprint(*parts)}"
+def model_dir(cfg: PipelineConfig, name: str) -> Path:
+    """The running task's output folder: ``models/<name>-<its cache key>``."""
+    return cfg.resolved_run_root() / "models" / f"{name}-{output_key()}"
 
 
-@task(name="prepare-base", cache_policy=stage_cache(["base_model", "base_model_dtype"], TRAIN_CODE),
+@task(name="prepare-base", cache_policy=stage_cache(["base_model", "base_model_dtype"]),
       persist_result=True, **_RETRY)
 def prepare_base(source_fp: str, cfg: PipelineConfig) -> Artefact:
     """The profile's base model as a checkpoint dir (a GGUF is converted once); keyed on ``source_fp``.
@@ -76,11 +76,11 @@ def prepare_base(source_fp: str, cfg: PipelineConfig) -> Artefact:
 # Bootstrap checks stage1.align_layer against the model it builds and records it for later stages;
 # stage 2 records it too when its input model has none (a given base model): both are keyed on it.
 @task(name="bootstrap", cache_policy=stage_cache(["bootstrap", "languages", "pivot", "stage1.align_layer", "launch"],
-                                                 TRAIN_CODE),
+                                                 "bootstrap"),
       persist_result=True, tags=["gpu"], **_RETRY)
 def bootstrap(shards: Artefact, cfg: PipelineConfig) -> Artefact:
     """Train the offline base model (SentencePiece tokenizer + small Llama) on the train shards."""
-    out = model_dir(cfg, "base", shards.fingerprint, cfg.bootstrap)
+    out = model_dir(cfg, "base")
     return _with_oom_fallback(
         lambda c: run_observed("bootstrap", {"shards": shards.path, "out": out}, c,
                              ProgressReporter("bootstrap", "bootstrap pretraining")),
@@ -88,24 +88,23 @@ def bootstrap(shards: Artefact, cfg: PipelineConfig) -> Artefact:
 
 
 @task(name="stage1", task_run_name=stage1_run_name,
-      cache_policy=stage_cache(["stage1", "languages", "pivot", "launch"], TRAIN_CODE),
+      cache_policy=stage_cache(["stage1", "languages", "pivot", "launch"], "stage1"),
       persist_result=True, tags=["gpu"], **_RETRY)
 def stage1(base: Artefact, shards: Artefact, cfg: PipelineConfig, control: bool = False) -> Artefact:
     """Stage-1 alignment pre-training; ``control`` trains the same steps with both lambdas at 0."""
     arm = "control" if control else "alignx"
-    out = model_dir(cfg, f"{arm}-stage1", base.fingerprint, shards.fingerprint, cfg.stage1, control)
+    out = model_dir(cfg, f"{arm}-stage1")
     return _with_oom_fallback(
         lambda c: run_observed("stage1", {"model": base.path, "shards": shards.path, "out": out, "control": control}, c,
                              ProgressReporter(f"stage1-{arm}", f"stage 1 ({arm})")),
         cfg, "stage1")
 
 
-@task(name="stage2", task_run_name="stage2-{arm}", cache_policy=stage_cache(STAGE2_SECTIONS, TRAIN_CODE),
+@task(name="stage2", task_run_name="stage2-{arm}", cache_policy=stage_cache(STAGE2_SECTIONS, "stage2"),
       persist_result=True, tags=["gpu"], **_RETRY)
 def stage2(model: Artefact, shards: Artefact, cfg: PipelineConfig, arm: str) -> Artefact:
     """Stage-2 instruction fine-tuning from ``model`` (the stage-1 checkpoint, or base for SFT-only)."""
-    out = model_dir(cfg, f"{arm}-stage2", model.fingerprint, shards.fingerprint, cfg.stage2,
-                    file_fingerprints(cfg, STAGE2_SECTIONS))  # a changed instruction file: a new model
+    out = model_dir(cfg, f"{arm}-stage2")  # keyed like the cache: a changed instruction file, a new model
     return _with_oom_fallback(
         lambda c: run_observed("stage2", {"model": model.path, "shards": shards.path, "out": out}, c,
                              ProgressReporter(f"stage2-{arm}", f"stage 2 ({arm})")),

@@ -7,6 +7,7 @@ other line is log text. Only the main process reports progress and the result.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import signal
@@ -36,23 +37,26 @@ def die_with_parent() -> None:
         pass
 
 
+# Each stage's library module, imported by name: a stage's cache key covers the import closure of its
+# own entry (alignx.code_closure), so training code never keys an evaluation, nor evaluation code a training.
+STAGE_ENTRIES = {"bootstrap": "alignx.train.stages", "stage1": "alignx.train.stages",
+                 "stage2": "alignx.train.stages", "evaluate": "alignx.eval.runner"}
+
+
 def run_stage(stage: str, args: dict[str, Any], cfg, progress: Callable | None = None):
     """Run one stage in this process: a training stage, or ``evaluate`` (``args``: paths as strings)."""
-    from alignx.train import stages
-
+    if stage not in STAGE_ENTRIES:
+        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_ENTRIES)}")
+    entry = importlib.import_module(STAGE_ENTRIES[stage])
     out = Path(args["out"])
     if stage == "bootstrap":
-        return stages.bootstrap_base_model(Path(args["shards"]), cfg, out, progress=progress)
+        return entry.bootstrap_base_model(Path(args["shards"]), cfg, out, progress=progress)
     if stage == "stage1":
-        return stages.train_stage1(args["model"], Path(args["shards"]), cfg, out, control=bool(args.get("control")),
-                                   progress=progress)
+        return entry.train_stage1(args["model"], Path(args["shards"]), cfg, out, control=bool(args.get("control")),
+                                  progress=progress)
     if stage == "stage2":
-        return stages.train_stage2(args["model"], Path(args["shards"]), cfg, out, progress=progress)
-    if stage == "evaluate":
-        from alignx.eval.runner import evaluate_model
-
-        return evaluate_model(args["model"], cfg, out, progress=progress)
-    raise ValueError(f"unknown stage {stage!r}; known: bootstrap, stage1, stage2, evaluate")
+        return entry.train_stage2(args["model"], Path(args["shards"]), cfg, out, progress=progress)
+    return entry.evaluate_model(args["model"], cfg, out, progress=progress)
 
 
 def main(call_file: str) -> int:

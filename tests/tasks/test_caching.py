@@ -21,19 +21,19 @@ def _build(out: Path, text: str) -> Artefact:
     return write_marker(out, "test")
 
 
-@task(cache_policy=stage_cache(["stage1"], ["alignx/artefacts.py"]), persist_result=True)
+@task(cache_policy=stage_cache(["stage1"]), persist_result=True)
 def make_a(out: str, text: str, cfg) -> Artefact:
     CALLS.append("a")
     return _build(Path(out), text)
 
 
-@task(cache_policy=stage_cache(["stage1"], ["alignx/artefacts.py"]), persist_result=True)
+@task(cache_policy=stage_cache(["stage1"]), persist_result=True)
 def make_b(out: str, text: str, cfg) -> Artefact:
     CALLS.append("b")
     return _build(Path(out), text)
 
 
-@task(cache_policy=stage_cache(["stage2"], ["alignx/artefacts.py"]), persist_result=True)
+@task(cache_policy=stage_cache(["stage2"]), persist_result=True)
 def consume(record: Artefact, cfg) -> str:
     CALLS.append("consume")
     return (Path(record.path) / "part.txt").read_text()

@@ -26,6 +26,7 @@ from alignx.train.checkpoint import CHECKPOINT_DIR
 from alignx.train.stages import train_stage1, work_dir_for
 from alignx.watchdog import children_of
 from tasks import train as train_tasks
+from tasks.caching import task_key
 from tests.train.tiny import LANGS
 
 STEPS = 4
@@ -104,7 +105,8 @@ def test_two_process_fsdp_matches_one_process_and_resumes_after_kill(prefect_api
     cfg2 = _cfg(tmp_path / "two", 2)
     base = Artefact(kind="model", path=str(tiny_llama_dir), fingerprint="tiny-llama")
     shard_art = Artefact(kind="shards", path=str(shards), fingerprint="shards")
-    out = train_tasks.model_dir(cfg2, "alignx-stage1", base.fingerprint, shard_art.fingerprint, cfg2.stage1, False)
+    key = task_key(train_tasks.stage1, {"base": base, "shards": shard_art, "cfg": cfg2}).rsplit("-", 1)[-1]
+    out = cfg2.resolved_run_root() / "models" / f"alignx-stage1-{key}"  # where the task will write
     args = {"model": str(tiny_llama_dir), "shards": str(shards), "out": str(out), "control": False}
     lines: list[str] = []
     error = _kill_group_after_checkpoint(args, cfg2, lines)

@@ -114,3 +114,23 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(sp_tokenizer, shards, 
                         "stage1": {"align_layer": 2, "train": {"steps": 1, "micro_batch_size": 2}}})
     with pytest.raises(ConfigError, match=r"tokenizer has \d+ tokens .*'<not-in-the-vocabulary>'.* embedding has \d+ rows"):
         train_stage1(str(tmp_path / "model"), shards, cfg, tmp_path / "out")
+
+
+def test_stage2_of_every_arm_reads_the_same_batches(tiny_llama_dir, shards, tmp_path):
+    """Only stage 1 differs between the arms: stage 2 from base (SFT-only), from the control's and from
+    AlignX's stage-1 checkpoints takes the same examples in the same order (batch fingerprints per step)."""
+    cfg = _cfg(tmp_path, stage2={"train": {"steps": 3, "micro_batch_size": 4, "lr": 1e-3, "max_length": 160,
+                                           "group_by_length": False}})
+    starts = {"sft": str(tiny_llama_dir),
+              "control": train_stage1(str(tiny_llama_dir), shards, cfg.for_control(), tmp_path / "control-s1").path,
+              "alignx": train_stage1(str(tiny_llama_dir), shards, cfg, tmp_path / "alignx-s1").path}
+    logs = {}
+    for arm, start in starts.items():
+        train_stage2(start, shards, cfg, tmp_path / f"{arm}-s2")
+        logs[arm] = read_log(tmp_path / f"{arm}-s2" / "train_log.jsonl")
+    batches = {arm: [r["batches"] for r in log] for arm, log in logs.items()}
+    assert len(batches["sft"]) == 3 and all(len(b) == 1 for b in batches["sft"])
+    assert batches["sft"] == batches["control"] == batches["alignx"]
+    assert len({b[0] for b in batches["sft"]}) == 3  # three different batches, not one repeated
+    losses = {arm: [r["loss"] for r in log] for arm, log in logs.items()}
+    assert losses["sft"] != losses["alignx"]  # the models did differ: same data, different starting points

@@ -1,0 +1,108 @@
+"""The repository code a stage runs, derived from the import graph: the code half of every cache key.
+
+Starting from entry modules, every ``import`` of a repository module is followed, at any depth of the
+file (function-level imports too, so a lazily imported module counts), together with the packages
+whose ``__init__`` an import executes. Repository data files the code names as ``REPO_ROOT / "a" /
+"b"`` (catalogues such as ``data/models.yaml``) are part of it. A module reached only by name (the
+worker's stage table, ``STAGE_ENTRIES``) enters through the stage that names it, so one stage's key
+never covers another stage's code.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_file(name: str, root: Path = REPO_ROOT) -> Path | None:
+    """The file of a dotted module name inside the repository (None for anything else)."""
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    names: set[str] = set()
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            names.add(target)
+            names.update(f"{target}.{alias.name}" for alias in node.names)  # a submodule, or a name in it
+    return names
+
+
+def _data_files(tree: ast.AST, root: Path) -> set[Path]:
+    """Files named as ``REPO_ROOT / "x" / "y.yaml"`` in the module (folders and missing files skipped)."""
+    found: set[Path] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.BinOp) or not isinstance(node.op, ast.Div):
+            continue
+        parts: list[str] = []
+        cur: ast.AST = node
+        while isinstance(cur, ast.BinOp) and isinstance(cur.op, ast.Div) and isinstance(cur.right, ast.Constant) \
+                and isinstance(cur.right.value, str):
+            parts.insert(0, cur.right.value)
+            cur = cur.left
+        if isinstance(cur, ast.Name) and cur.id == "REPO_ROOT" and parts:
+            path = root.joinpath(*parts)
+            if path.is_file():
+                found.add(path)
+    return found
+
+
+def _parse(path: Path) -> ast.AST:
+    stat = path.stat()
+    return _parse_version(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=None)
+def _parse_version(path: Path, mtime_ns: int, size: int) -> ast.AST:
+    return ast.parse(path.read_bytes(), filename=str(path))
+
+
+def closure(entries: Iterable[str], root: Path = REPO_ROOT) -> list[Path]:
+    """Every repository file the entry modules run or read, transitively, sorted."""
+    seen: dict[str, Path] = {}
+    files: set[Path] = set()
+    todo = list(entries)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = module_file(name, root)
+        if path is None:
+            continue
+        seen[name] = path
+        files.add(path)
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages' __init__ run first
+        tree = _parse(path)
+        todo.extend(_imported_names(tree, name, path.name == "__init__.py"))
+        files.update(_data_files(tree, root))
+    return sorted(files)
+
+
+def code_fingerprint(entries: Iterable[str], root: Path = REPO_ROOT) -> str:
+    """Hash of the closure of ``entries``: each file's repository path and bytes."""
+    h = hashlib.sha256()
+    for path in closure(tuple(entries), root):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(b"\x00")
+        h.update(path.read_bytes())
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
