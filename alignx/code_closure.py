@@ -19,13 +19,22 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@lru_cache(maxsize=65536)
 def module_file(name: str, root: Path = REPO_ROOT) -> Path | None:
-    """The file of a dotted module name inside the repository (None for anything else)."""
+    """The file of a dotted module name inside the repository (None for anything else; memoised: a
+    module file that appears while the process runs is not seen by it)."""
+    if not _is_repo_package(root, name.partition(".")[0]):
+        return None  # torch, transformers, ...: not ours
     base = root.joinpath(*name.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
     return None
+
+
+@lru_cache(maxsize=256)
+def _is_repo_package(root: Path, top: str) -> bool:
+    return bool(top) and ((root / top / "__init__.py").is_file() or (root / f"{top}.py").is_file())
 
 
 def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
@@ -65,35 +74,38 @@ def _data_files(tree: ast.AST, root: Path) -> set[Path]:
     return found
 
 
-def _parse(path: Path) -> ast.AST:
+def _links(path: Path, module: str, root: Path) -> tuple[frozenset[str], frozenset[Path]]:
+    """The module names a file imports and the data files it names (memoised on its size and mtime)."""
     stat = path.stat()
-    return _parse_version(path, stat.st_mtime_ns, stat.st_size)
+    return _links_of_version(path, module, root, stat.st_mtime_ns, stat.st_size)
 
 
-@lru_cache(maxsize=None)
-def _parse_version(path: Path, mtime_ns: int, size: int) -> ast.AST:
-    return ast.parse(path.read_bytes(), filename=str(path))
+@lru_cache(maxsize=4096)
+def _links_of_version(path: Path, module: str, root: Path, mtime_ns: int, size: int
+                      ) -> tuple[frozenset[str], frozenset[Path]]:
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    return frozenset(_imported_names(tree, module, path.name == "__init__.py")), frozenset(_data_files(tree, root))
 
 
 def closure(entries: Iterable[str], root: Path = REPO_ROOT) -> list[Path]:
     """Every repository file the entry modules run or read, transitively, sorted."""
-    seen: dict[str, Path] = {}
+    seen: set[str] = set()
     files: set[Path] = set()
     todo = list(entries)
     while todo:
         name = todo.pop()
         if name in seen:
             continue
+        seen.add(name)
         path = module_file(name, root)
         if path is None:
             continue
-        seen[name] = path
         files.add(path)
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages' __init__ run first
-        tree = _parse(path)
-        todo.extend(_imported_names(tree, name, path.name == "__init__.py"))
-        files.update(_data_files(tree, root))
+        imported, data_files = _links(path, name, root)
+        todo.extend(imported)
+        files.update(data_files)
     return sorted(files)
 
 

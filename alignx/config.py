@@ -1,19 +1,23 @@
 """Pydantic configuration for every stage, YAML profiles, and config fingerprints.
 
 Configuration flows one way: YAML profile -> these models -> function arguments. Defaults live here.
+Validation reads the config alone; what needs a model or files (the align layer against the model's
+depth) is ``alignx.preflight``'s, which runs beside the config's own problems.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from alignx.languages import LANGUAGES
+from alignx.validation import validate_fields
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO_ROOT / "data" / "profiles"
@@ -246,6 +250,7 @@ class InstructionSource(Section):
     path: str | None = None  # local JSON / JSONL / Parquet
     hub: str | None = None  # e.g. MBZUAI/Bactrian-X
     hub_configs: list[str] = []  # e.g. language configs
+    revision: str = "main"  # hub only: a branch, tag or commit; read at the commit it resolves to
     split: str = "train"
     max_examples: int | None = None
     language: str | None = None  # declared language when the file has no column for it
@@ -337,7 +342,8 @@ class PipelineConfig(Section):
     stage1: Stage1Config = Stage1Config()
     stage2: Stage2Config = Stage2Config()
     eval: EvalConfig = EvalConfig()
-    arms: list[Literal["base", "sft", "control", "alignx"]] = list(ARMS)
+    # validated when defaulted too: the default holds 'sft', which needs stage 2
+    arms: list[Literal["base", "sft", "control", "alignx"]] = Field(list(ARMS), validate_default=True)
     dispatch: Literal["local", "deployments"] = "local"
     # How many arm chains (an arm's training stages, then its evaluations) run at once; 1: one after
     # another. More is for stages that a gpu concurrency limit or the GPU pool's workers bound: on one
@@ -350,40 +356,13 @@ class PipelineConfig(Section):
 
     @field_validator("arms")
     @classmethod
-    def _check_arms(cls, arms: list[str]) -> list[str]:
+    def _check_arms(cls, arms: list[str], info: ValidationInfo) -> list[str]:
         if "control" in arms and "alignx" not in arms:
             raise ValueError("arm 'control' is only meaningful beside 'alignx'")
-        return arms
-
-    @model_validator(mode="after")
-    def _check_stage2_for_sft(self) -> "PipelineConfig":
-        if not self.stage2.enabled and "sft" in self.arms:
+        stage2 = info.data.get("stage2")  # absent when stage2 itself is invalid
+        if "sft" in arms and stage2 is not None and not stage2.enabled:
             raise ValueError("arm 'sft' is stage 2 from base: it needs stage2.enabled true (or leave 'sft' out of arms)")
-        return self
-
-    @model_validator(mode="after")
-    def _check_bootstrap_depth(self) -> "PipelineConfig":
-        """The bootstrap model's depth is known from the config: check align_layer before any work."""
-        layer, depth = self.stage1.align_layer, self.bootstrap.model.num_layers
-        if self.base_model is None and isinstance(layer, int) and not 1 <= layer <= depth:
-            raise ValueError(f"stage1.align_layer={layer} is out of range for the bootstrap model, which has "
-                             f"{depth} layers (bootstrap.model.num_layers): give 1..{depth} or 'middle', or set base_model "
-                             f"to the pretrained model this layer belongs to")
-        return self
-
-    @model_validator(mode="after")
-    def _check_base_model(self) -> "PipelineConfig":
-        """Check base_model and stage1.align_layer against its depth before any stage runs (no weights read)."""
-        if self.base_model is None:
-            return self
-        from alignx.model.base_models import base_model_depth  # lazy: config stays light to import
-
-        depth = base_model_depth(self.base_model, allow_hub=False)  # BaseModelError is a ValueError
-        layer = self.stage1.align_layer
-        if depth is not None and isinstance(layer, int) and not 1 <= layer <= depth:
-            raise ValueError(f"stage1.align_layer={layer} is out of range for base_model {self.base_model!r}, "
-                             f"which has {depth} layers: give 1..{depth} or 'middle'")
-        return self
+        return arms
 
     def for_control(self) -> "PipelineConfig":
         """This config as the control arm's stage 1 reads it: both lambdas 0 and the default tau.
@@ -439,12 +418,10 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_profile(profile: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load a profile by name (``data/profiles/<name>.yaml``) or path and apply overrides.
-
-    Overrides are a nested dict or dotted keys (``{"stage1.lambda_ctr": 0}``). Every problem in the
-    resulting config is reported at once in one ``ConfigError``.
-    """
+def read_profile(profile: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+    """The raw config of a profile (by name, ``data/profiles/<name>.yaml``, or path) with overrides
+    applied, and the file it came from. Overrides are a nested dict or dotted keys
+    (``{"stage1.lambda_ctr": 0}``). Raises ``ConfigError`` when the profile itself cannot be read."""
     path = Path(profile)
     if not path.suffix:
         path = PROFILES_DIR / f"{profile}.yaml"
@@ -469,19 +446,55 @@ def load_profile(profile: str | Path, overrides: dict[str, Any] | None = None) -
             raw[key] = _deep_merge(raw[key], value)
         else:
             raw[key] = value
-    return parse_config(raw, source=str(path))
+    return raw, str(path)
+
+
+@dataclass(frozen=True)
+class CheckedConfig:
+    """A config validated as far as it goes, so that checks of the rest can run beside its problems.
+
+    ``problems`` lists every invalid field (``key: what was expected``); ``config`` is the config with
+    each invalid field left at its default (None when even that cannot be built) and ``invalid`` names
+    those fields as dotted paths: a check that reads one of them has nothing valid to check.
+    """
+
+    source: str
+    config: PipelineConfig | None
+    problems: list[str]
+    invalid: frozenset[str]
+
+    def valid(self) -> PipelineConfig:
+        """The config, or a ``ConfigError`` listing every problem."""
+        if self.problems or self.config is None:
+            raise ConfigError(self.source, self.problems)
+        return self.config
+
+
+def check_config(raw: dict[str, Any], source: str = "<dict>") -> CheckedConfig:
+    """Validate a raw config dict, gathering every error, and build it with the invalid fields at their
+    defaults (``alignx.validation.validate_fields``)."""
+    config, problems, invalid = validate_fields(PipelineConfig, raw)
+    return CheckedConfig(source, config, problems, invalid)
+
+
+def check_profile(profile: str | Path, overrides: dict[str, Any] | None = None) -> CheckedConfig:
+    """``read_profile`` then ``check_config``: every problem of the resulting config, and what is valid of it."""
+    raw, source = read_profile(profile, overrides)
+    return check_config(raw, source)
+
+
+def load_profile(profile: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load a profile by name (``data/profiles/<name>.yaml``) or path and apply overrides.
+
+    Overrides are a nested dict or dotted keys (``{"stage1.lambda_ctr": 0}``). Every problem in the
+    resulting config is reported at once in one ``ConfigError``.
+    """
+    return check_profile(profile, overrides).valid()
 
 
 def parse_config(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
     """Validate a raw config dict, gathering every error into one ``ConfigError``."""
-    try:
-        return PipelineConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-            problems.append(f"{loc}: {err['msg']}")
-        raise ConfigError(source, problems) from None
+    return check_config(raw, source).valid()
 
 
 def fingerprint(*parts: Any) -> str:

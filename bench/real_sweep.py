@@ -1,13 +1,17 @@
-"""A small, stated sweep of the `real` profile's stage 1 (SmolLM2-135M-Instruct on the CPU).
+"""A stated sweep of the `real-downstream` profile, scored on the development set, never on the test.
 
-Each point is one `alignx pipeline --profile real` run with overrides, on one shared run root, so the
-data, the base model, the base model's evaluation and every unchanged arm are cache hits across points
-(the control's key ignores lambda_ctr, lambda_lam and tau: a loss-weight point trains AlignX alone).
-Evaluation is cut to what the aim is judged on: FLORES, the prompt encoding, at the align layer only
-(the forward pass stops there). Prints one JSON line per point: its overrides, wall time, and
-AlignX - control top-1 X->en / en->X with their paired bootstrap intervals.
+Protocol (README, "Choosing settings"): every point trains the control and AlignX arms with its
+overrides (stage 1, then stage 2) and is scored on NTREX-128, which the runs never train on:
+translation en<->X (chrF++ per segment, paired intervals) and top-1 retrieval in the prompt encoding.
+FLORES is the test: only the final report (`alignx pipeline --profile real-downstream`) reads it. The
+script refuses a point whose evaluation would read a set the report reads, or a set the run trains on.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/real_sweep.py --points baseline lambda_ctr=1 tau=0.05 lr=2e-4
+Each point is one pipeline run on one shared run root, so the data, the base model and every
+unchanged stage are cache hits across points (the control's stage 1 ignores the loss weights). Prints
+one JSON line per point and appends it to `<run root>/sweep-logs/results.jsonl`: every configuration
+tried is kept with its development figures.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/real_sweep.py --points baseline lambda_ctr=0.3 steps=400
 """
 
 from __future__ import annotations
@@ -22,41 +26,86 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# name -> overrides (dotted key -> JSON value); every point also gets the evaluation cut below
+sys.path.insert(0, str(REPO))
+
+from alignx.config import PipelineConfig, load_profile  # noqa: E402
+
+PROFILE = "real-downstream"
+# name -> overrides (dotted key -> JSON value); every point also gets DEV_EVAL
 POINTS: dict[str, dict[str, str]] = {
     "baseline": {},
-    "lambda_ctr=1": {"stage1.lambda_ctr": "1.0"},
-    "tau=0.05": {"stage1.tau": "0.05"},
-    "lr=2e-4": {"stage1.train.lr": "2e-4"},
-    "lr=2e-4,lambda_ctr=1": {"stage1.train.lr": "2e-4", "stage1.lambda_ctr": "1.0"},
-    "steps=150": {"stage1.train.steps": "150", "stage1.train.warmup_steps": "15", "stage1.max_examples": "2400"},
-    "layer=18": {"stage1.align_layer": "18"},
+    "lambda_ctr=0.3": {"stage1.lambda_ctr": "0.3"},
+    "lambda_ctr=3": {"stage1.lambda_ctr": "3.0"},
+    "steps=400": {"stage1.train.steps": "400", "stage1.train.warmup_steps": "40", "stage1.max_examples": "6400"},
+    "layer=22": {"stage1.align_layer": "22"},
+    "stage2_steps=160": {"stage2.train.steps": "160", "stage2.translation_pairs_per_lang": "320"},
 }
-EVAL_CUT = {"eval.alignment.encodings": '["prompt"]'}
-SUMMARY = re.compile(r"alignx − control, align_flores_prompt (x2en_top1|en2x_top1): ([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]")
+DEV_EVAL = {
+    "eval.benchmarks": '["ntrex"]',
+    "eval.limit": '{"ntrex": 150}',
+    "eval.alignment.sets": '["ntrex"]',
+    "eval.alignment.encodings": '["prompt"]',
+    "eval.alignment.max_sentences": "250",
+    "arms": '["control", "alignx"]',
+}
+# an evaluation set and the catalogue source that holds the same sentences
+SAME_DATA = {"flores": "flores200", "ntrex": "ntrex128"}
+SUMMARY = re.compile(r"^alignx − control, (\S+) (chrf_seg|x2en_top1|en2x_top1|off_target): "
+                     r"([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]")
 
 
-def run_point(name: str, run_root: Path, log_dir: Path) -> dict:
-    overrides = {**EVAL_CUT, **POINTS[name], "run_root": json.dumps(str(run_root))}
-    layer = POINTS[name].get("stage1.align_layer", "15")
-    overrides["eval.alignment.layers"] = f"[{layer}]"
+class ProtocolError(ValueError):
+    """A sweep point that would score on the test set, or on data it trains on."""
+
+
+def scored_sets(cfg: PipelineConfig) -> set[str]:
+    """The data sets an evaluation under ``cfg`` reads: benchmarks and alignment sets."""
+    return set(cfg.eval.benchmarks) | set(cfg.eval.alignment.sets)
+
+
+def check_protocol(report_cfg: PipelineConfig, point_cfg: PipelineConfig) -> None:
+    """Refuse a point that scores on a set the report uses, or on one its training reads."""
+    problems = []
+    test = scored_sets(report_cfg) & scored_sets(point_cfg)
+    if test:
+        problems.append(f"it scores on {sorted(test)}, which the report of profile {report_cfg.name!r} reads "
+                        "(sweeps score on the development set only)")
+    trained = {s for s in scored_sets(point_cfg) if SAME_DATA.get(s, s) in point_cfg.data.sources}
+    if trained:
+        problems.append(f"it scores on {sorted(trained)}, which its training reads (data.sources "
+                        f"{point_cfg.data.sources})")
+    if problems:
+        raise ProtocolError("sweep point refused: " + "; ".join(problems))
+
+
+def point_overrides(name: str, run_root: Path) -> dict[str, str]:
+    return {**DEV_EVAL, **POINTS[name], "run_root": json.dumps(str(run_root))}
+
+
+def point_config(profile: str, overrides: dict[str, str]) -> PipelineConfig:
+    return load_profile(profile, {k: json.loads(v) for k, v in overrides.items()})
+
+
+def run_point(name: str, profile: str, run_root: Path, log_dir: Path) -> dict:
+    overrides = point_overrides(name, run_root)
+    check_protocol(load_profile(profile), point_config(profile, overrides))
     # `-m` from REPO: this checkout's code (a frozen worktree keeps every point on the same code)
-    cmd = [sys.executable, "-m", "alignx.cli", "pipeline", "--profile", "real"]
+    cmd = [sys.executable, "-m", "flows.cli", "pipeline", "--profile", profile]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={value}"]
     log = log_dir / f"{name}.log"
     start = time.monotonic()
     with log.open("w", encoding="utf-8") as out:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
-    wall = time.monotonic() - start
-    point = {"point": name, "overrides": POINTS[name], "rc": rc, "wall_min": round(wall / 60, 1), "log": str(log)}
-    text = log.read_text(encoding="utf-8")
-    report = re.findall(r"^report: (.+)$", text, flags=re.M)
+        rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
+    point = {"point": name, "overrides": POINTS[name], "dev": DEV_EVAL, "rc": rc,
+             "wall_min": round((time.monotonic() - start) / 60, 1), "log": str(log)}
+    report = re.findall(r"^report: (.+)$", log.read_text(encoding="utf-8"), flags=re.M)
     if rc == 0 and report:
         summary = json.loads((Path(report[-1]).parent / "summary.json").read_text(encoding="utf-8"))["summary"]
         for line in summary:
             if m := SUMMARY.search(line):
-                point[m[1]] = {"delta": float(m[2]), "ci": [float(m[3]), float(m[4])]}
+                point[f"{m[1]} {m[2]}"] = {"delta": float(m[3]), "ci": [float(m[4]), float(m[5])]}
         point["report"] = report[-1]
     return point
 
@@ -64,12 +113,15 @@ def run_point(name: str, run_root: Path, log_dir: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
+    parser.add_argument("--profile", default=PROFILE)
     parser.add_argument("--run-root", type=Path, default=REPO / "data" / "runs" / "real-sweep")
     args = parser.parse_args()
+    for name in args.points:  # every point is checked before the first one runs
+        check_protocol(load_profile(args.profile), point_config(args.profile, point_overrides(name, args.run_root)))
     log_dir = args.run_root / "sweep-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     for name in args.points:
-        point = run_point(name, args.run_root, log_dir)
+        point = run_point(name, args.profile, args.run_root, log_dir)
         print(json.dumps(point), flush=True)
         with (log_dir / "results.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(point) + "\n")

@@ -22,6 +22,7 @@ from prefect.transactions import IsolationLevel
 
 from alignx.artefacts import Artefact, file_digest, verify_artefact
 from alignx.code_closure import code_fingerprint
+from alignx.data.general_instructions import instruction_sources_fingerprint
 from alignx.config import REPO_ROOT, PipelineConfig, fingerprint
 from alignx.train.worker import STAGE_ENTRIES
 from tasks.locks import HolderAwareLockManager
@@ -43,11 +44,12 @@ def config_part(cfg: PipelineConfig, dotted: str) -> Any:
     return node.model_dump(mode="json") if hasattr(node, "model_dump") else node
 
 
-# Config fields that name files a stage reads: a file can change under the same path, so a section
-# holding one is keyed on the files' contents too (benchmark files: runner.benchmark_fingerprint).
-FILE_FIELDS: dict[str, Callable[[PipelineConfig], list[str | None]]] = {
-    "data.langid.model_path": lambda cfg: [cfg.data.langid.model_path],
-    "stage2.general": lambda cfg: [source.path for source in cfg.stage2.general],  # None: a hub entry
+# Config fields that name data a stage reads: the data can change under the same name (a file's bytes,
+# a hub set's commit), so a section holding one is keyed on the content too (benchmark files:
+# runner.benchmark_fingerprint).
+CONTENT_FIELDS: dict[str, Callable[[PipelineConfig], str | None]] = {
+    "data.langid.model_path": lambda cfg: _content(cfg.data.langid.model_path),
+    "stage2.general": lambda cfg: instruction_sources_fingerprint(cfg.stage2.general) if cfg.stage2.general else None,
 }
 _digest_cache: dict[tuple[str, int, int], str] = {}
 
@@ -63,10 +65,10 @@ def _content(path: str | None) -> str | None:
     return _digest_cache[key]
 
 
-def file_fingerprints(cfg: PipelineConfig, sections: Iterable[str]) -> dict[str, list[str | None]]:
-    """Content digests of the files named by ``FILE_FIELDS`` inside the given config sections."""
+def content_fingerprints(cfg: PipelineConfig, sections: Iterable[str]) -> dict[str, str | None]:
+    """What the data named by ``CONTENT_FIELDS`` inside the given config sections holds."""
     sections = tuple(sections)
-    return {name: [_content(path) for path in paths(cfg)] for name, paths in FILE_FIELDS.items()
+    return {name: content(cfg) for name, content in CONTENT_FIELDS.items()
             if any(name == s or name.startswith(f"{s}.") for s in sections)}
 
 
@@ -76,7 +78,7 @@ def _param_part(value: Any, sections: tuple[str, ...]) -> Any:
     if isinstance(value, PipelineConfig):
         parts = {s: config_part(value, s) for s in sections}
         parts["run_root"] = str(value.resolved_run_root())
-        files = file_fingerprints(value, sections)
+        files = content_fingerprints(value, sections)
         if files:  # only where a section names files: other tasks keep their keys
             parts["files"] = files
         return parts

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alignx.cli import main
+from flows.cli import main
 from bench.memory_probe import BATCH, MODELS, SEQ, probe_command
 from alignx.config import REPO_ROOT, LoraConfig, TrainConfig, load_profile
 from alignx.model.base_models import BaseModelError, load_catalogue

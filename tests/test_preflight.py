@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from alignx.cli import main
+from flows.cli import main
 from alignx.config import load_profile
-from alignx.preflight import PreflightError, preflight, preflight_problems
+from alignx.preflight import PreflightError, preflight, preflight_problems, profile_problems
 from tests.flows.conftest import copy_mirror
 
 
@@ -64,3 +64,46 @@ def test_alignx_check_runs_it_alone(broken, capsys):
     assert code == 1
     assert err.count("problem: ") == 3 and "nothing was run" in err and "Traceback" not in err
     assert not (load_profile("smoke", overrides).resolved_run_root() / "raw").exists()
+
+
+def test_alignx_check_reports_config_and_input_problems_together(capsys):
+    """The align layer (the model's depth) and an unknown benchmark (the registry): one report."""
+    code = main(["check", "--profile", "smoke", "--set", "stage1.align_layer=99", "--set", 'eval.benchmarks=["nope"]'])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("problem: ") == 2, err
+    assert "stage1.align_layer=99 is out of range for the bootstrap model, which has 2 layers" in err
+    assert "eval.benchmarks: unknown benchmark(s) 'nope'; known benchmarks: belebele, flores, mgsm" in err
+
+
+def test_an_invalid_key_does_not_hide_missing_inputs(broken, tmp_path, capsys):
+    overrides, local, general = broken
+    overrides = {**overrides, "stage1.tau": -1, "base_model": str(tmp_path / "absent.gguf")}
+    cfg, problems = profile_problems("smoke", overrides)
+    text = "\n".join(problems)
+    assert cfg is not None and cfg.stage1.tau == 0.1  # the invalid key at its default, the rest as given
+    assert problems[0] == "stage1.tau: Input should be greater than 0 (found -1)", text
+    assert f"GGUF file {tmp_path / 'absent.gguf'} does not exist" in text
+    assert "tatoeba.eng-zho.zho" in text and f"{general} line 2" in text and "val.sw.jsonl" in text, text
+    assert len(problems) == 5, text
+
+    # a command that runs work refuses with the same list, limited to the stages it runs, before any work
+    args = ["data", "--profile", "smoke"]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "stage1.tau: Input should be greater than 0" in err and "tatoeba.eng-zho.zho" in err, err
+    assert "val.sw.jsonl" not in err and "absent.gguf" not in err  # evaluation and base model: not the data stage's
+    assert not load_profile("smoke", {k: v for k, v in overrides.items() if k != "stage1.tau"}).resolved_run_root().exists()
+
+
+def test_checks_that_read_an_invalid_key_are_left_out(broken):
+    """languages=["xx"]: checking each source's files for the default languages would only add noise."""
+    overrides, _, _ = broken
+    cfg, problems = profile_problems("smoke", {**overrides, "languages": ["xx"], "eval.benchmarks": ["nope"]})
+    text = "\n".join(problems)
+    assert problems[0].startswith("languages: Value error, unknown language code(s) ['xx']; known: ar, bg, bn"), text
+    assert "tatoeba" not in text and "val.sw.jsonl" not in text, text  # they read the languages
+    assert "unknown benchmark(s) 'nope'" in text and "line 2" in text, text  # these do not
+    assert len(problems) == 3, text

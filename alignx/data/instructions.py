@@ -4,26 +4,22 @@ Stage 1 trains on translation instructions, stage 2 on translation plus general 
 and the evaluation's in-prompt encoding, go through ``encode_example`` so the spans mean the same
 thing everywhere. The text is always tokenised whole; a span is every token holding a character of
 its sentence, and "exact" (checked on a sample of every encoding call) is defined in
-``alignx.data.spans``. This module also builds the instruction rows themselves: translation instructions
-from the parallel shards and general instructions from local files or the hub.
+``alignx.data.spans``. This module also builds the translation instruction rows from the parallel
+shards; general instructions come from ``alignx.data.general_instructions``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
-from alignx.config import InstructionSource
 from alignx.data.schema import INSTRUCTION_SCHEMA, normalise_text
 from alignx.data.spans import SpanMismatchError, check_span, decode_span, token_spans
-from alignx.jsonl import iter_jsonl
-from alignx.languages import LANGUAGES, get_language
+from alignx.languages import get_language
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +33,6 @@ PROMPT_TEMPLATE_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes "
     "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 )
-INSTRUCTION_FIELDS = ("instruction", "input", "output")
 
 
 def translation_instruction(src_lang: str, tgt_lang: str) -> str:
@@ -267,14 +262,15 @@ def shared_text_groups(rows: pd.DataFrame) -> list[int]:
 
 
 # ---------------------------------------------------------------- building instruction rows
-def _example_id(*parts: str) -> str:
+def example_id(*parts: str) -> str:
+    """A row's id: a hash of its normalised parts (languages and texts)."""
     key = "\x1f".join(normalise_text(p) for p in parts)
     return hashlib.blake2b(key.encode("utf-8"), digest_size=12).hexdigest()
 
 
 def _translation_row(src_lang: str, tgt_lang: str, src: str, tgt: str, source: str) -> dict[str, str]:
     return {
-        "example_id": _example_id(src_lang, tgt_lang, src, tgt),
+        "example_id": example_id(src_lang, tgt_lang, src, tgt),
         "src_lang": src_lang,
         "tgt_lang": tgt_lang,
         "instruction": translation_instruction(src_lang, tgt_lang),
@@ -329,82 +325,3 @@ def _multiway_rows(pairs: pd.DataFrame, pivot: str) -> list[dict[str, str]]:
                 if a != b:
                     rows.append(_translation_row(a, b, text_a, text_b, source))
     return rows
-
-
-# ---------------------------------------------------------------- general instructions
-def _read_records(path: Path) -> list:
-    """Rows of a JSON (a list, or an object holding one list), JSONL or Parquet file."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pd.read_parquet(path).to_dict(orient="records")
-    if suffix == ".jsonl":
-        return [row for _, row in iter_jsonl(path)]
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"instruction file {path}: not valid JSON ({exc})") from None
-        if isinstance(data, dict):
-            lists = [v for v in data.values() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise ValueError(f"instruction file {path}: expected a list of rows or an object holding one list, "
-                                 f"found an object with keys {sorted(data)}")
-            data = lists[0]
-        if not isinstance(data, list):
-            raise ValueError(f"instruction file {path}: expected a list of rows, found {type(data).__name__}")
-        return data
-    raise ValueError(f"instruction file {path}: unsupported format {suffix!r}; expected .json, .jsonl or .parquet")
-
-
-def validate_records(records: Sequence, where: str, language: str | None, source: str) -> pd.DataFrame:
-    """Check Alpaca / Bactrian-X rows (instruction, input optional, output) and convert them.
-
-    A row's language is its ``lang``/``language`` field, else ``language``, else 'und'.
-    """
-    rows = []
-    for n, rec in enumerate(records, start=1):
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}, row {n}: expected an object with fields instruction/input/output, "
-                             f"found {type(rec).__name__}")
-        for name in ("instruction", "output"):
-            if name not in rec or rec[name] is None:
-                raise ValueError(f"{where}, row {n}: missing field {name!r} (expected instruction, input "
-                                 f"(optional), output; found: {', '.join(sorted(map(str, rec))) or 'nothing'})")
-        for name in INSTRUCTION_FIELDS:
-            value = rec.get(name)
-            if value is not None and not isinstance(value, str):
-                raise ValueError(f"{where}, row {n}: field {name!r} must be a string, found {type(value).__name__}")
-        if not rec["instruction"].strip() or not rec["output"].strip():
-            raise ValueError(f"{where}, row {n}: empty 'instruction' or 'output'")
-        lang = rec.get("lang") or rec.get("language") or language or "und"
-        rows.append({
-            "example_id": _example_id(lang, rec["instruction"], rec.get("input") or "", rec["output"]),
-            "src_lang": lang, "tgt_lang": lang,
-            "instruction": rec["instruction"], "input": rec.get("input") or "", "output": rec["output"],
-            "kind": "general", "source": source,
-        })
-    return pd.DataFrame(rows, columns=INSTRUCTION_SCHEMA.names)
-
-
-def general_rows(source: InstructionSource) -> pd.DataFrame:
-    """General instructions from a local file or, online, from the hub (``datasets.load_dataset``)."""
-    if source.path is not None:
-        path = Path(source.path)
-        if not path.is_file():
-            raise FileNotFoundError(f"instruction file {path} does not exist")
-        records = _read_records(path)
-        frame = validate_records(records, f"instruction file {path}", source.language, path.stem)
-        return frame if source.max_examples is None else frame.head(source.max_examples)
-    import datasets  # only needed online
-
-    # The hub: one data set per config (Bactrian-X: one per language), each capped on its own.
-    frames = []
-    for config in source.hub_configs or [None]:
-        data = datasets.load_dataset(source.hub, config, split=source.split)
-        if source.max_examples is not None:
-            data = data.select(range(min(source.max_examples, len(data))))
-        language = source.language or (config if config in LANGUAGES else None)
-        where = f"hub dataset {source.hub} ({config or 'default'}, {source.split})"
-        frames.append(validate_records(list(data), where, language, source.hub))
-    return pd.concat(frames, ignore_index=True)

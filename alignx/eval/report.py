@@ -171,6 +171,7 @@ def build_report(arms: dict[str, ArmEval], cfg: PipelineConfig, plot_files: dict
         "`*` marks an interval that excludes zero.",
     ]
     summary: list[str] = []
+    compared: list[tuple[str, str, str, str, float, float, float]] = []  # treat, ref, group, metric, d, lo, hi
     for group, tasks in groups.items():
         metrics = _ordered_metrics(list({m for a in arms.values() for t in tasks for m in a.doc["results"].get(t, {})}))
         sections.append(f"## {group}")
@@ -204,9 +205,13 @@ def build_report(arms: dict[str, ArmEval], cfg: PipelineConfig, plot_files: dict
             table += [f"| {label} | " + " | ".join(c.get(label, "–") for _, c in diff_lines) + " |" for label in labels]
             sections.append("\n".join(table))
             summary += [_summary_line(treat, ref, group, *row) for row in rows_avg]
+            compared += [(treat, ref, group, *row[:4]) for row in rows_avg]
     sections += _layer_tables(arms)
     if not comparisons:
         summary.append(f"no comparison possible: arms {sorted(arms)} lack the pairs {[f'{t}/{r}' for t, r in COMPARISONS]}")
+    verdict = downstream_verdict(compared)
+    if verdict:
+        summary.insert(0, verdict)
     head = "## Summary\n" + "\n".join(f"- {line}" for line in summary)
     sections.insert(3, head)
     plot_md = []
@@ -248,6 +253,33 @@ def _layer_tables(arms: dict[str, ArmEval]) -> list[str]:
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
             out.append("\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]))
     return out
+
+
+DOWNSTREAM = ("acc", "exact_match", "chrf_seg", "off_target")
+
+
+def downstream_verdict(compared: list[tuple[str, str, str, str, float, float, float]]) -> str | None:
+    """One sentence: does AlignX beat the compute-matched control downstream (benchmarks, translation)?
+
+    Judged on the language-averaged differences with paired intervals: better or worse only where the
+    interval excludes zero; None when the control or AlignX was not evaluated downstream.
+    """
+    rows = [(g, m, d, lo, hi) for t, r, g, m, d, lo, hi in compared if (t, r) == ("alignx", "control") and m in DOWNSTREAM]
+    if not rows:
+        return None
+    better, worse = [], []
+    for group, metric, d, lo, hi in rows:
+        if excludes_zero(lo, hi):
+            good = (d < 0) if metric in LOWER_IS_BETTER else (d > 0)
+            (better if good else worse).append(f"{group} {metric} {_fmt_diff(metric, d, lo, hi).rstrip(' *')}")
+    tested = f"{len(rows)} downstream comparison{'s' if len(rows) > 1 else ''} with the compute-matched control"
+    if not better and not worse:
+        return f"Downstream, AlignX does not measurably help: none of the {tested} has an interval that excludes zero."
+    if better and not worse:
+        return f"Downstream, AlignX helps: better on {'; '.join(better)}, worse on none of the {tested}."
+    if worse and not better:
+        return f"Downstream, AlignX hurts: worse on {'; '.join(worse)}, better on none of the {tested}."
+    return f"Downstream, AlignX is mixed: better on {'; '.join(better)}; worse on {'; '.join(worse)} ({tested})."
 
 
 def _summary_line(treat: str, ref: str, group: str, metric: str, d: float, lo: float, hi: float, n: int) -> str:

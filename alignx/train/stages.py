@@ -20,7 +20,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from alignx.artefacts import Artefact, atomic_dir, read_marker, write_marker
 from alignx.config import ConfigError, PipelineConfig, TrainConfig, fingerprint
-from alignx.data.instructions import cap_pairs_per_language, general_rows, translation_rows
+from alignx.data.general_instructions import general_rows
+from alignx.data.instructions import cap_pairs_per_language, translation_rows
 from alignx.data.schema import read_split
 from alignx.data.tokenised import TokenisedExamples, tokenised_examples
 from alignx.languages import LANGUAGES

@@ -132,3 +132,26 @@ def test_training_curves_have_a_row_per_stage_and_only_the_parts_it_trained():
     # without stages every run shares one row
     assert [ax.get_title() for ax in training_curves_figure(logs).axes] == [
         "training: loss", "training: lm", "training: ctr", "training: lam"]
+
+
+def test_summary_opens_with_one_downstream_verdict(report):
+    art, _, _ = report
+    verdict = art.meta["summary"][0]
+    # AlignX's XCOPA items are all right and the control's all wrong; everything else is equal
+    assert verdict.startswith("Downstream, AlignX helps: better on xcopa acc +1.000"), verdict
+    assert "worse on none" in verdict
+
+
+def test_downstream_verdict_weighs_only_intervals_that_exclude_zero():
+    from alignx.eval.report import downstream_verdict
+
+    rows = [("alignx", "control", "flores_x-en", "chrf_seg", 1.2, 0.4, 2.0),
+            ("alignx", "control", "flores_en-x", "off_target", 0.10, 0.05, 0.15),  # more off-target: worse
+            ("alignx", "control", "xcopa", "acc", 0.01, -0.03, 0.05),
+            ("alignx", "sft", "flores_x-en", "chrf_seg", -3.0, -4.0, -2.0),  # another comparison: ignored
+            ("alignx", "control", "align_flores_prompt", "x2en_top1", 0.2, 0.1, 0.3)]  # not downstream
+    verdict = downstream_verdict(rows)
+    assert verdict.startswith("Downstream, AlignX is mixed: better on flores_x-en chrf_seg +1.20")
+    assert "worse on flores_en-x off_target" in verdict and "(3 downstream comparisons" in verdict
+    assert downstream_verdict([r for r in rows if r[3] == "acc"]).startswith("Downstream, AlignX does not measurably help")
+    assert downstream_verdict(rows[3:]) is None

@@ -55,6 +55,6 @@ def install(point: str) -> None:
 
 if __name__ == "__main__":
     install(sys.argv[1])
-    from alignx.cli import main
+    from flows.cli import main
 
     sys.exit(main(sys.argv[2:]))

@@ -59,7 +59,7 @@ def _args(command: list[str], root: Path) -> list[str]:
 
 
 def _run(command: list[str], root: Path, env: dict[str, str], timeout: float = RERUN_TIMEOUT_S) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "alignx.cli", *_args(command, root)], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *_args(command, root)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"alignx {' '.join(command)} failed:\n{proc.stderr[-3000:]}"
     return proc
@@ -157,7 +157,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, env):
     lines = bad.read_text(encoding="utf-8").split("\n")
     lines[4] += "\x00"
     bad.write_text("\n".join(lines), encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "alignx.cli", *_args(["data"], tmp_path / "run"),
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *_args(["data"], tmp_path / "run"),
                            "--set", f"data_mirror={mirror}", "--set", "data.filters.control_chars=fail"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0

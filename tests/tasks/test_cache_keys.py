@@ -241,3 +241,20 @@ def test_hub_datasets_are_keyed_by_the_commit_they_resolve_to(monkeypatch):
 
     xcopa = get_benchmark("xcopa")  # no mirror: read from the hub, keyed by its commit
     assert source_files(xcopa, ["sw"], mirror=None) == [f"hub:{xcopa.source.hub}@c0ffee02/{{code}}/{xcopa.source.split}/sw"]
+
+
+def test_a_hub_instruction_set_is_keyed_by_the_commit_it_resolves_to(cfg, monkeypatch):
+    """An update of a stage-2 hub set (a new commit under the same revision) retrains stage 2."""
+    from alignx.data import hub
+
+    commits = {"main": "commit-1"}
+    monkeypatch.setattr(hub, "dataset_revision", lambda repo, revision=None: commits[revision or "main"])
+    cfg_hub = with_value(cfg, "stage2.general", [InstructionSource(hub="MBZUAI/Bactrian-X", hub_configs=["de"])])
+    before = key("stage2", cfg_hub)
+    assert key("stage2", cfg_hub) == before
+    commits["main"] = "commit-2"  # pushed to the hub
+    assert key("stage2", cfg_hub) != before
+    pinned = with_value(cfg, "stage2.general", [InstructionSource(hub="MBZUAI/Bactrian-X", hub_configs=["de"],
+                                                                  revision="v1")])
+    commits["v1"] = "commit-2"
+    assert key("stage2", pinned) != key("stage2", cfg_hub)  # the revision asked for is part of the config too

@@ -58,7 +58,7 @@ def test_the_modules_the_issue_found_missing_are_in_the_closures():
         assert "alignx/eval/runner.py" not in training  # the worker names its stages' modules, never imports them
     assert "alignx/train/loop.py" not in evaluate
     assert "data/models.yaml" in rel("prepare-base")  # a catalogue the code reads as REPO_ROOT / "data" / ...
-    assert "alignx/cli.py" not in evaluate | rel("stage1") | rel("collect")
+    assert "flows/cli.py" not in evaluate | rel("stage1") | rel("collect")
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

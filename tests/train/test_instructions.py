@@ -1,16 +1,13 @@
-"""Instruction formatting, span extraction for SentencePiece and byte-level BPE, collation, instruction files."""
+"""Instruction formatting, span extraction for SentencePiece and byte-level BPE, collation, translation rows."""
 
 from __future__ import annotations
-
-import json
 
 import pandas as pd
 import pytest
 
-from alignx.config import InstructionSource
 from alignx.data.collate import collate, epoch_batches, micro_batch_schedule
 from alignx.data.instructions import (
-    PROMPT_TEMPLATE, TrainExample, cap_pairs_per_language, encode_example, encode_examples, encode_rows, general_rows,
+    PROMPT_TEMPLATE, TrainExample, cap_pairs_per_language, encode_example, encode_examples, encode_rows,
     translation_instruction, translation_rows,
 )
 from tests.train.shards import tatoeba_pairs
@@ -174,52 +171,3 @@ def test_translation_rows_both_directions_and_multiway():
 def test_cap_pairs_per_language_counts_the_non_pivot_side():
     capped = cap_pairs_per_language(_pairs(), 1, "en", seed=0)
     assert sorted(capped.src_lang.where(capped.src_lang != "en", capped.tgt_lang)) == ["de", "fr", "ru"]
-
-
-def test_general_instructions_alpaca_json_and_bactrian_jsonl(tmp_path):
-    alpaca = tmp_path / "alpaca.json"
-    alpaca.write_text(json.dumps([{"instruction": "Name a colour.", "input": "", "output": "Blue."},
-                                  {"instruction": "Sum.", "input": "2+2", "output": "4"}]), encoding="utf-8")
-    bactrian = tmp_path / "bx.jsonl"
-    bactrian.write_text("\n".join(json.dumps({"id": str(i), "instruction": "Sag hallo.", "input": "", "output": "Hallo"})
-                                  for i in range(3)), encoding="utf-8")
-    rows = general_rows(InstructionSource(path=str(alpaca)))
-    assert list(rows["output"]) == ["Blue.", "4"] and set(rows["kind"]) == {"general"} and set(rows["src_lang"]) == {"und"}
-    rows = general_rows(InstructionSource(path=str(bactrian), language="de", max_examples=2))
-    assert len(rows) == 2 and set(rows["tgt_lang"]) == {"de"}
-
-
-def test_bad_instruction_file_names_file_row_and_field(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "input": "d"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad\.jsonl, row 2: missing field 'output'.*found: input, instruction"):
-        general_rows(InstructionSource(path=str(bad)))
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"instruction": "a", "output": "b"}\n{oops\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"broken\.jsonl line 2: expected a JSON object, found invalid JSON"):
-        general_rows(InstructionSource(path=str(broken)))
-    typed = tmp_path / "typed.json"
-    typed.write_text(json.dumps([{"instruction": "a", "output": 3}]), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"typed\.json, row 1: field 'output' must be a string, found int"):
-        general_rows(InstructionSource(path=str(typed)))
-    with pytest.raises(FileNotFoundError, match="missing.json"):
-        general_rows(InstructionSource(path=str(tmp_path / "missing.json")))
-
-
-def test_hub_instructions_one_config_per_language(monkeypatch):
-    """Online layout (Bactrian-X: one config per language); load_dataset is replaced, no network."""
-    import datasets
-
-    calls = []
-
-    def fake_load_dataset(name, config, split):
-        calls.append((name, config, split))
-        rows = [{"id": f"{config}-{i}", "instruction": f"Instruction {i} ({config})", "input": "", "output": "Ok."}
-                for i in range(5)]
-        return datasets.Dataset.from_list(rows)
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    source = InstructionSource(hub="MBZUAI/Bactrian-X", hub_configs=["de", "zh"], max_examples=3)
-    rows = general_rows(source)
-    assert calls == [("MBZUAI/Bactrian-X", "de", "train"), ("MBZUAI/Bactrian-X", "zh", "train")]
-    assert list(rows["src_lang"]) == ["de"] * 3 + ["zh"] * 3 and set(rows["source"]) == {"MBZUAI/Bactrian-X"}

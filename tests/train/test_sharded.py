@@ -93,7 +93,7 @@ def _kill_group_after_checkpoint(args: dict, cfg, lines: list[str]) -> BaseExcep
     return raised[0] if raised else None
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 def test_two_process_fsdp_matches_one_process_and_resumes_after_kill(prefect_api, tiny_llama_dir, shards, tmp_path,
                                                                      monkeypatch):
     # one process, sharding on (nothing to shard, checkpoints in the sharded format)

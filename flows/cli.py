@@ -1,7 +1,11 @@
 """The ``alignx`` command: run flows locally (Prefect's ephemeral API by default), deploy, start workers.
 
-A failure prints one line (what failed, where, what to do) and exits non-zero; the full log with every
-traceback goes to a file under ``data/logs/`` whose path it prints (``--verbose`` shows it all).
+It lives beside the flows it runs, so the library never imports Prefect. Before any work, a command
+reports every problem at once: the config's invalid keys, its arguments' and the preflight's findings
+on the inputs of the stages it runs (``alignx.preflight``); it then exits 2 having run nothing
+(``alignx check`` exits 1: finding problems is its job). A failure during the work prints one line
+(what failed, where, what to do) and exits non-zero; the full log with every traceback goes to a file
+under ``data/logs/`` whose path it prints (``--verbose`` shows it all).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from alignx.config import REPO_ROOT, ConfigError, available_profiles
+from alignx.config import REPO_ROOT, STAGES, ConfigError, PipelineConfig, available_profiles
+from alignx.preflight import PreflightError, profile_problems
 
 
 def _prefect_env(run_root: Path | None) -> None:
@@ -40,6 +45,38 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The overrides a command runs its profile with: ``--set``, and its own options that are config keys."""
+    overrides = _overrides(args.set)
+    if getattr(args, "benchmarks", None) is not None:  # eval; "" means none: alignment only
+        overrides["eval.benchmarks"] = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    if getattr(args, "arms", None):  # pipeline
+        overrides["arms"] = args.arms.split(",")
+    return overrides
+
+
+def _stages(args: argparse.Namespace) -> tuple[str, ...]:
+    """The stages whose inputs a command needs: those it runs, the upstream stages it runs first included."""
+    if args.command == "data":
+        return ("data",)
+    if args.command == "train":
+        return STAGES[: STAGES.index(args.stage) + 1]
+    if args.command == "eval":
+        return ("evaluate",)  # a given checkpoint: no upstream stage runs
+    if args.command == "plan":
+        return ()  # reads the config and the model's shape only
+    return STAGES  # pipeline, check
+
+
+def _argument_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if args.command == "train" and args.stage == "stage1" and args.arm not in ("alignx", "control"):
+        problems.append(f"--arm: stage1 trains arm 'alignx' or 'control', not {args.arm!r} (sft starts at stage 2)")
+    if args.command == "eval" and not Path(args.model).is_dir():
+        problems.append(f"--model: {args.model} is not a checkpoint directory")
+    return problems
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -79,8 +116,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.stage == "bootstrap":
         result = stages.bootstrap_flow(RunParams(profile=args.profile, overrides=overrides))
     elif args.stage == "stage1":
-        if args.arm not in ("alignx", "control"):
-            raise ConfigError("--arm", [f"stage1 trains arm 'alignx' or 'control', not {args.arm!r} (sft starts at stage 2)"])
         result = stages.stage1_flow(Stage1Params(profile=args.profile, overrides=overrides, arm=args.arm))
     else:
         result = stages.stage2_flow(Stage2Params(profile=args.profile, overrides=overrides, arm=args.arm))
@@ -103,12 +138,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from flows.params import StageParams
     from flows.stages import evaluate_flow
 
-    overrides = _overrides(args.set)
-    if args.benchmarks is not None:  # "" means none: alignment only
-        overrides["eval.benchmarks"] = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    overrides = _config_overrides(args)
     model = Path(args.model).resolve()
-    if not model.is_dir():
-        raise ConfigError("--model", [f"{args.model} is not a checkpoint directory"])
     name = args.name or _eval_name(model)
     result = evaluate_flow(StageParams(profile=args.profile, overrides=overrides), model_path=str(model), name=name)
     metrics = json.loads((Path(result["path"]) / "metrics.json").read_text(encoding="utf-8"))
@@ -132,19 +163,14 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    """The preflight alone: the config (checked on load), then every stage's inputs; all problems at once."""
-    from alignx.config import load_profile
-    from alignx.preflight import preflight_problems
-
-    cfg = load_profile(args.profile, _overrides(args.set))
-    problems = preflight_problems(cfg)
+def report_check(name: str, cfg: PipelineConfig | None, problems: list[str]) -> int:
+    """``alignx check``: the preflight alone; every problem, 1 when there is one, else 0."""
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
-    if problems:
-        print(f"profile {cfg.name!r}: {len(problems)} problem(s); nothing was run", file=sys.stderr)
+    if problems or cfg is None:
+        print(f"profile {name!r}: {len(problems)} problem(s); nothing was run", file=sys.stderr)
         return 1
-    print(f"profile {cfg.name!r}: config, data sources, language-ID model, base model, instruction files and "
+    print(f"profile {name!r}: config, data sources, language-ID model, base model, instruction files and "
           f"benchmarks are usable (run root {cfg.resolved_run_root()})")
     return 0
 
@@ -239,8 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", default=None, help="comma-separated arms (base,sft,control,alignx)")
     p.add_argument("--stop-after", default=None, choices=["data", "bootstrap", "stage1", "stage2", "evaluate"])
     p.set_defaults(fn=cmd_pipeline)
-    p = with_profile(sub.add_parser("check", help="the preflight alone: config and every stage's inputs, all problems at once"))
-    p.set_defaults(fn=cmd_check)
+    with_profile(sub.add_parser("check", help="the preflight alone: config and every stage's inputs, all problems at once"))
     p = with_profile(sub.add_parser("plan", help="per-GPU memory of each training stage under DDP, FSDP and LoRA"))
     p.add_argument("--gpus", type=int, default=1, help="GPUs the stages are launched on")
     p.add_argument("--gpu-memory", type=float, default=80.0, help="memory of one GPU in GiB")
@@ -279,13 +304,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run_root = None
     if getattr(args, "profile", None) is not None:
-        from alignx.config import load_profile
-
-        try:  # every config problem, the model's depth against align_layer included, before any work
-            run_root = load_profile(args.profile, _overrides(args.set)).resolved_run_root()
-        except ConfigError as exc:
+        try:  # the config's problems and the preflight's, in one list, before any work
+            cfg, problems = profile_problems(args.profile, _config_overrides(args), _stages(args))
+        except ConfigError as exc:  # the profile itself cannot be read
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        problems = _argument_problems(args) + problems
+        name = cfg.name if cfg is not None else str(args.profile)
+        if args.command == "check":
+            return report_check(name, cfg, problems)
+        if problems or cfg is None:
+            print(f"error: {PreflightError(name, problems)}", file=sys.stderr)
+            return 2
+        run_root = cfg.resolved_run_root()
     _prefect_env(run_root)
     log_dir = run_root / "logs" if run_root else LOG_DIR
     log_file = log_dir / f"alignx-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
