@@ -1,4 +1,5 @@
-"""Artefacts on disk: atomic writes, content fingerprints, and the small records stages return.
+"""Artefacts on disk: atomic writes, content fingerprints (files, trees, config values), and the
+small records stages return.
 
 Every artefact is written under a temporary name and renamed when complete, so a crash never leaves
 something a later run could take for good output. A temporary name carries its writer (host, pid),
@@ -23,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from alignx.holders import temp_tag, writer_of
+from alignx.process_identity import temp_tag, writer_of
 
 log = logging.getLogger(__name__)
 MARKER = "_artefact.json"
@@ -39,12 +40,17 @@ class Artefact(BaseModel):
     meta: dict[str, Any] = {}
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file (head, tail and size for very large files)."""
+def file_digest(path: Path, whole: bool = False) -> str:
+    """SHA-256 of a file: the one file hasher of the library.
+
+    Files over 256 MiB (model weights) hash their first and last 8 MiB and their size, unless ``whole``:
+    a pin that must equal a published SHA-256 (the model catalogue's) reads every byte.
+    """
+    path = Path(path)
     h = hashlib.sha256()
     size = path.stat().st_size
     with path.open("rb") as fh:
-        if size <= _FULL_HASH_LIMIT:
+        if whole or size <= _FULL_HASH_LIMIT:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
         else:
@@ -53,6 +59,17 @@ def file_digest(path: Path) -> str:
             h.update(fh.read(8 << 20))
             h.update(str(size).encode())
     return h.hexdigest()
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable short hash of config sections (pydantic models), strings and JSON-able values."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, BaseModel):
+            part = part.model_dump(mode="json")
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
 
 
 def tree_fingerprint(path: Path, exclude: tuple[str, ...] = (MARKER,)) -> str:

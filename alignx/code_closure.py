@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
+from alignx.artefacts import file_digest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -110,11 +112,11 @@ def closure(entries: Iterable[str], root: Path = REPO_ROOT) -> list[Path]:
 
 
 def code_fingerprint(entries: Iterable[str], root: Path = REPO_ROOT) -> str:
-    """Hash of the closure of ``entries``: each file's repository path and bytes."""
+    """Hash of the closure of ``entries``: each file's repository path and content digest."""
     h = hashlib.sha256()
     for path in closure(tuple(entries), root):
         h.update(path.relative_to(root).as_posix().encode())
         h.update(b"\x00")
-        h.update(path.read_bytes())
+        h.update(file_digest(path).encode())
         h.update(b"\x00")
     return h.hexdigest()[:16]

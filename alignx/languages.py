@@ -60,8 +60,6 @@ _LANGS = [
 ]
 
 LANGUAGES: dict[str, Language] = {lang.code: lang for lang in _LANGS}
-_BY_ISO3 = {lang.iso3: lang for lang in _LANGS}
-_BY_ISO3["swh"] = LANGUAGES["sw"]
 
 
 class UnknownLanguageError(ValueError):
@@ -76,18 +74,3 @@ def get_language(code: str) -> Language:
         raise UnknownLanguageError(
             f"unknown language code {code!r}; known codes: {', '.join(sorted(LANGUAGES))}"
         ) from None
-
-
-def from_iso3(code3: str) -> Language:
-    """Map an ISO 639-3 code (as in Tatoeba file names) to the registry entry."""
-    try:
-        return _BY_ISO3[code3]
-    except KeyError:
-        raise UnknownLanguageError(
-            f"unknown ISO 639-3 code {code3!r}; known: {', '.join(sorted(_BY_ISO3))}"
-        ) from None
-
-
-def language_id(code: str, languages: list[str]) -> int:
-    """Integer id of a language inside an ordered list (for the language-matching loss)."""
-    return languages.index(code)

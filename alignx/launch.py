@@ -32,11 +32,12 @@ from typing import Any
 
 from alignx.artefacts import Artefact, remove_dead_temporaries, temporary_path
 from alignx.config import REPO_ROOT, PipelineConfig
-from alignx.train.worker import PROTOCOL, die_with_parent, run_stage as run_stage_here
+from alignx.progress import Progress
+from alignx.train.worker import PROTOCOL, die_with_parent
+from alignx.train.worker import run_stage as run_stage_here
 
 log = logging.getLogger(__name__)
 LineSink = Callable[[str], None]
-Progress = Callable[[int, int, dict[str, float]], None]
 _TAIL = 40  # log lines kept for the message of a group that dies without one
 
 
@@ -87,21 +88,21 @@ def run_stage(
 
 
 def check_fits(stage: str, args: dict[str, Any], cfg: PipelineConfig, gpus: int, gpu_memory_gib: float) -> None:
-    """Refuse a stage whose memory plan (``alignx.plan``) exceeds the GPU before anything starts.
+    """Refuse a stage whose memory plan (``alignx.memory_plan``) exceeds the GPU before anything starts.
 
     The plan holds back a reserve for the CUDA context and fragmentation; a stage over that line but
     within the whole memory only gets a warning (the plan is an estimate), one over the whole is refused.
     """
-    from alignx import plan
+    from alignx import memory_plan
     from alignx.config import ConfigError
 
     train = getattr(cfg, stage).train
-    shape = plan.bootstrap_shape(cfg) if stage == "bootstrap" else plan.base_model_shape(str(args["model"]))
-    strategy = plan.configured_strategy(train, gpus)
-    est = plan.estimate(shape, train, strategy, gpus, "cuda",
+    shape = memory_plan.bootstrap_shape(cfg) if stage == "bootstrap" else memory_plan.base_model_shape(str(args["model"]))
+    strategy = memory_plan.configured_strategy(train, gpus)
+    est = memory_plan.estimate(shape, train, strategy, gpus, "cuda",
                         stage1_head_width=cfg.stage1.lam_width if stage == "stage1" else None)
     need, have = est.total / 2**30, gpu_memory_gib
-    if plan.fits(est, gpu_memory_gib):
+    if memory_plan.fits(est, gpu_memory_gib):
         return
     where = f"{stage} needs about {need:.1f} GiB per GPU under {strategy} on {gpus} GPU(s) of {have:.0f} GiB"
     if est.total <= gpu_memory_gib * 2**30:

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignx.config import STAGES, ConfigError, PipelineConfig, check_profile
-from alignx.validation import paths_overlap
+from alignx.config import ConfigError, PipelineConfig
 from alignx.mirror import resolve_mirror
+from alignx.profiles import check_profile
+from alignx.stages_and_arms import STAGES
+from alignx.validation import paths_overlap
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ def _data_sources(cfg: PipelineConfig) -> list[str]:
 
 
 def _check_source(name: str, cfg: PipelineConfig) -> None:
-    from alignx.data.sources import HubReader, open_source
+    from alignx.data.readers.hub_dataset import HubReader
+    from alignx.data.source_catalogue import open_source
 
     reader = open_source(name, resolve_mirror(cfg.data_mirror))
     pairs = reader.pairs(cfg.pivot, cfg.languages)
@@ -82,7 +85,8 @@ def _base_model(cfg: PipelineConfig) -> list[str]:
 def _align_layer(cfg: PipelineConfig) -> list[str]:
     """stage1.align_layer against the depth of the model stage 1 trains: the bootstrap model's (from the
     config), else the base model's (from its catalogue entry, GGUF header or config.json; no weights)."""
-    from alignx.model.base_models import BaseModelError, base_model_depth
+    from alignx.model.base_models import base_model_depth
+    from alignx.model.model_catalogue import BaseModelError
 
     layer = cfg.stage1.align_layer
     if not isinstance(layer, int):
@@ -126,7 +130,7 @@ def _benchmark_names(cfg: PipelineConfig) -> list[str]:
 def _evaluation_inputs(cfg: PipelineConfig) -> list[str]:
     """Every file of the known benchmarks (an unknown name does not hide the others') and alignment sets."""
     from alignx.eval.benchmarks import known_benchmarks
-    from alignx.eval.plan import plan_evaluation
+    from alignx.eval.evaluation_plan import plan_evaluation
 
     known = [name for name in cfg.eval.benchmarks if name in known_benchmarks()]
     problems: list[str] = []

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from alignx.holders import process_start_ticks
+from alignx.process_identity import parent_pids, process_start_ticks
 
 POLL_S = 1.0
 GRACE_S = 5.0
@@ -24,14 +24,7 @@ GRACE_S = 5.0
 
 def children_of(pid: int) -> dict[int, int]:
     """Direct and indirect children of ``pid`` on Linux: {child pid: start ticks}."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        parents[int(stat.parent.name)] = int(fields[1])
+    parents = parent_pids()
     found: dict[int, int] = {}
     frontier = [pid]
     while frontier:

@@ -26,12 +26,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from alignx.config import parse_config  # noqa: E402
-from alignx.data import stages  # noqa: E402
+from alignx.data import data_stages  # noqa: E402
 from alignx.data.langid import load_model, prepare_model  # noqa: E402
-from alignx.data.sources import open_source  # noqa: E402
+from alignx.data.source_catalogue import open_source  # noqa: E402
 from alignx.languages import get_language  # noqa: E402
 from alignx.mirror import resolve_mirror  # noqa: E402
+from alignx.profiles import parse_config  # noqa: E402
 
 LANGS = ["bn", "de", "es", "fr", "ja", "ru", "sw", "th", "zh"]
 
@@ -82,11 +82,11 @@ def measure(mirror: Path, n_pairs: int, workers: int, with_raw: bool) -> dict:
         run_root = Path(tmp)
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
-        raw = stages.collect_source("tatoeba", cfg, run_root)
+        raw = data_stages.collect_source("tatoeba", cfg, run_root)
         t1 = time.perf_counter()
-        filtered = stages.filter_pairs([raw], cfg, run_root)
+        filtered = data_stages.filter_pairs([raw], cfg, run_root)
         t2 = time.perf_counter()
-        shards = stages.write_shards(filtered, cfg, run_root)
+        shards = data_stages.write_shards(filtered, cfg, run_root)
         t3 = time.perf_counter()
         out = {
             "pairs": n_pairs,

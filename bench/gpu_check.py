@@ -33,12 +33,13 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alignx.artefacts import read_marker  # noqa: E402
-from alignx.config import load_profile  # noqa: E402
 from alignx.eval.report import write_report  # noqa: E402
 from alignx.eval.runner import METRICS_FILE, evaluate_model  # noqa: E402
-from alignx.records import read_log, read_run_record  # noqa: E402
+from alignx.profiles import load_profile  # noqa: E402
+from alignx.stages_and_arms import STAGE1_ARMS  # noqa: E402
 from alignx.train.loop import mixed_precision_mode  # noqa: E402
-from alignx.train.stages import train_stage1, train_stage2  # noqa: E402
+from alignx.train.training_stages import train_stage1, train_stage2  # noqa: E402
+from alignx.training_records import read_log, read_run_record  # noqa: E402
 
 FAILED: list[str] = []
 DEVICE = "cuda"
@@ -63,7 +64,7 @@ def pick_inputs(run: Path, cfg) -> dict[str, Path]:
         raise SystemExit(f"{run}: expected one finished base model and one shard set, found {len(bases)} and {len(shards)}")
     wanted = cfg.stage1.model_dump(mode="json")
     picked = {"base": bases[0], "shards": shards[0]}
-    for arm in ("alignx", "control"):
+    for arm in sorted(STAGE1_ARMS):  # alignx, control
         for model in _finished(run, f"models/{arm}-stage1-*"):
             record = read_run_record(model)
             if record["config"] == wanted and Path(record["base_model"]).name == bases[0].name:
@@ -126,7 +127,7 @@ def grad_ckpt(base: Path, shards: Path, profile: str, mirror: str, out: Path) ->
 def stage1_bf16(picked: dict[str, Path], profile: str, mirror: str, out: Path) -> dict[str, Path]:
     cfg = load_profile(profile, {"data_mirror": mirror, **QUICK})
     models = {}
-    for arm in ("alignx", "control"):
+    for arm in sorted(STAGE1_ARMS):  # alignx, control
         target = out / f"{arm}-stage1"
         started = time.perf_counter()
         train_stage1(str(picked["base"]), picked["shards"], cfg, target, control=arm == "control")

@@ -1,4 +1,4 @@
-"""Peak memory of real CPU training steps (tests/test_plan.py, bench/scale.py): ``python memory_probe.py JSON``.
+"""Peak memory of real CPU training steps (tests/test_memory_plan.py, bench/scale.py): ``python memory_probe.py JSON``.
 
 JSON is a list of {"model_type", "config", "batch", "seq", "pad"}. For each model: a one-layer warm-up
 of the same architecture (so code pages and one-time buffers are in the baseline), then the baseline,

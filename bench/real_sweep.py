@@ -28,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from alignx.config import PipelineConfig, load_profile  # noqa: E402
+from alignx.config import PipelineConfig  # noqa: E402
+from alignx.profiles import load_profile  # noqa: E402
 
 PROFILE = "real-downstream"
 # name -> overrides (dotted key -> JSON value); every point also gets DEV_EVAL

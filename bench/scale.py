@@ -6,7 +6,7 @@ Prints ONE JSON object:
   through the launcher as 1 process (2 threads), 2 replicated processes (DDP, 1 thread each) and 2
   sharded processes (FSDP2), at the same global batch; tokens/s from the training log (real tokens,
   padding excluded; the first step, a warm-up, left out);
-- ``plan``: ``alignx.plan.estimate`` against the peak resident memory of real training steps measured
+- ``plan``: ``alignx.memory_plan.estimate`` against the peak resident memory of real training steps measured
   in a fresh process (``bench/memory_probe.py``) for two models;
 - ``gpu`` (on a CUDA machine; ``--gpu-dry-run`` runs the same code at toy size on the CPU): a
   random-initialised ~1.2B Llama (Llama 3.2 1B's shape, the real Llama 3 vocabulary from the mirror)
@@ -32,9 +32,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from alignx.config import REPO_ROOT, ModelSpec, TokenizerSpec, TrainConfig, parse_config  # noqa: E402
+from alignx.config import REPO_ROOT, ModelSpec, TokenizerSpec, TrainConfig  # noqa: E402
+from alignx.profiles import parse_config  # noqa: E402
 from bench.memory_probe import BATCH, MODELS, SEQ, probe_command  # noqa: E402
-from tests.train.shards import tatoeba_pairs, write_shards  # noqa: E402  (tiny Tatoeba shards, no data stage)
+from tests.train.tatoeba_shards import tatoeba_pairs, write_shards  # noqa: E402  (tiny Tatoeba shards, no data stage)
 
 LANGS = ("de", "fr", "ru", "zh")
 
@@ -59,7 +60,7 @@ def build_inputs(work: Path, args) -> tuple[Path, Path]:
 
 def throughput(model: Path, shards: Path, work: Path, args) -> list[dict]:
     from alignx.launch import launch
-    from alignx.records import read_log
+    from alignx.training_records import read_log
 
     runs = []
     for name, processes, sharding, threads in (("1 process", 1, "none", 2), ("2 processes, DDP", 2, "none", 1),
@@ -92,7 +93,7 @@ def throughput(model: Path, shards: Path, work: Path, args) -> list[dict]:
 def plan_vs_measured() -> list[dict]:
     from transformers import AutoConfig
 
-    from alignx.plan import estimate, shape_from_config
+    from alignx.memory_plan import estimate, shape_from_config
 
     command, env = probe_command(str(REPO))
     measured = json.loads(subprocess.run(command, capture_output=True, text=True, env=env, check=True)
@@ -117,8 +118,8 @@ def gpu_run(model_dir: Path, shards: Path, work: Path, args) -> dict:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from alignx.launch import launch
-    from alignx.plan import estimate, shape_from_config
-    from alignx.records import read_log
+    from alignx.memory_plan import estimate, shape_from_config
+    from alignx.training_records import read_log
 
     folder = work / "llama3-tokenizer"
     folder.mkdir()

@@ -21,14 +21,18 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from alignx.config import REPO_ROOT, STAGES, ConfigError, PipelineConfig, available_profiles
+from alignx.config import REPO_ROOT, ConfigError, PipelineConfig
 from alignx.preflight import PreflightError, profile_problems
+from alignx.profiles import available_profiles
+from alignx.stages_and_arms import ARMS, STAGE1_ARMS, STAGE2_ARMS, STAGES, TRAINING_STAGES
 
 
 def _prefect_env(run_root: Path | None) -> None:
     # Must be set before prefect is imported; a user's own settings win. A run's Prefect home (its
     # ephemeral API database, task results and cache records) lives in its run root, beside its locks.
     os.environ.setdefault("PREFECT_HOME", str((run_root or REPO_ROOT) / ".prefect"))
+    # prefect creates its home with mkdir(exist_ok) without parents: a fresh run root would warn
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -72,8 +76,9 @@ def _stages(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _argument_problems(args: argparse.Namespace) -> list[str]:
     problems = []
-    if args.command == "train" and args.stage == "stage1" and args.arm not in ("alignx", "control"):
-        problems.append(f"--arm: stage1 trains arm 'alignx' or 'control', not {args.arm!r} (sft starts at stage 2)")
+    if args.command == "train" and args.stage == "stage1" and args.arm not in STAGE1_ARMS:
+        problems.append(f"--arm: stage1 trains arm {' or '.join(map(repr, sorted(STAGE1_ARMS)))}, not {args.arm!r} "
+                        "(sft starts at stage 2)")
     if args.command == "eval" and not Path(args.model).is_dir():
         problems.append(f"--model: {args.model} is not a checkpoint directory")
     return problems
@@ -91,9 +96,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from alignx.artefacts import Artefact
-    from alignx.data.stages import summary_table
+    from alignx.data.data_stages import summary_table
     from flows.params import RunParams
-    from flows.stages import data_flow
+    from flows.stage_flows import data_flow
 
     record = Artefact.model_validate(data_flow(RunParams(profile=args.profile, overrides=_overrides(args.set))))
     from alignx.artefacts import read_marker
@@ -109,16 +114,16 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flows import stages
+    from flows import stage_flows
     from flows.params import RunParams, Stage1Params, Stage2Params
 
     overrides = _overrides(args.set)
     if args.stage == "bootstrap":
-        result = stages.bootstrap_flow(RunParams(profile=args.profile, overrides=overrides))
+        result = stage_flows.bootstrap_flow(RunParams(profile=args.profile, overrides=overrides))
     elif args.stage == "stage1":
-        result = stages.stage1_flow(Stage1Params(profile=args.profile, overrides=overrides, arm=args.arm))
+        result = stage_flows.stage1_flow(Stage1Params(profile=args.profile, overrides=overrides, arm=args.arm))
     else:
-        result = stages.stage2_flow(Stage2Params(profile=args.profile, overrides=overrides, arm=args.arm))
+        result = stage_flows.stage2_flow(Stage2Params(profile=args.profile, overrides=overrides, arm=args.arm))
     print(f"checkpoint: {result['path']}")
     print(json.dumps(result.get("meta", {}).get("final_loss", result.get("meta", {})), indent=2, default=str))
     return 0
@@ -136,7 +141,7 @@ def _eval_name(model: Path) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from flows.params import StageParams
-    from flows.stages import evaluate_flow
+    from flows.stage_flows import evaluate_flow
 
     overrides = _config_overrides(args)
     model = Path(args.model).resolve()
@@ -178,9 +183,9 @@ def report_check(name: str, cfg: PipelineConfig | None, problems: list[str]) -> 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Per-GPU memory of each training stage under DDP, FSDP and LoRA; 0 when each stage's configured
     strategy (``train.lora``, ``train.sharding``) fits, 1 when one does not, 2 when the model has no shape."""
-    from alignx.config import load_profile
-    from alignx.model.base_models import BaseModelError
-    from alignx.plan import RESERVED_FRACTION, plan, usable_bytes
+    from alignx.memory_plan import RESERVED_FRACTION, plan, usable_bytes
+    from alignx.model.model_catalogue import BaseModelError
+    from alignx.profiles import load_profile
 
     cfg = load_profile(args.profile, _overrides(args.set))
     try:
@@ -250,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_profile(sub.add_parser("data", help="collect -> language-ID filter -> shards")).set_defaults(fn=cmd_data)
     p = with_profile(sub.add_parser("train", help="train one stage"))
-    p.add_argument("stage", choices=["bootstrap", "stage1", "stage2"])
-    p.add_argument("--arm", default="alignx", choices=["alignx", "control", "sft"])
+    p.add_argument("stage", choices=TRAINING_STAGES)
+    p.add_argument("--arm", default="alignx", choices=sorted(STAGE2_ARMS))
     p.set_defaults(fn=cmd_train)
     p = with_profile(sub.add_parser("eval", help="evaluate a checkpoint directory"))
     p.add_argument("--model", required=True, help="checkpoint directory")
@@ -262,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "control; default: the checkpoint folder's name")
     p.set_defaults(fn=cmd_eval)
     p = with_profile(sub.add_parser("pipeline", help="the end-to-end pipeline"))
-    p.add_argument("--arms", default=None, help="comma-separated arms (base,sft,control,alignx)")
-    p.add_argument("--stop-after", default=None, choices=["data", "bootstrap", "stage1", "stage2", "evaluate"])
+    p.add_argument("--arms", default=None, help=f"comma-separated arms ({','.join(ARMS)})")
+    p.add_argument("--stop-after", default=None, choices=STAGES)
     p.set_defaults(fn=cmd_pipeline)
     with_profile(sub.add_parser("check", help="the preflight alone: config and every stage's inputs, all problems at once"))
     p = with_profile(sub.add_parser("plan", help="per-GPU memory of each training stage under DDP, FSDP and LoRA"))

@@ -8,11 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignx.config import PipelineConfig, available_profiles, load_profile
+from alignx.config import PipelineConfig
+from alignx.profiles import available_profiles, load_profile
+from alignx.stages_and_arms import ARMS, STAGE1_ARMS, STAGE2_ARMS, STAGES
 
 Profile = Literal[tuple(available_profiles())]  # type: ignore[valid-type]
-Arm = Literal["base", "sft", "control", "alignx"]
-Stage = Literal["data", "bootstrap", "stage1", "stage2", "evaluate"]
+Arm = Literal[ARMS]  # type: ignore[valid-type]
+Stage = Literal[STAGES]  # type: ignore[valid-type]
 
 
 class RunParams(BaseModel):
@@ -49,13 +51,15 @@ class StageParams(RunParams):
 class Stage1Params(StageParams):
     """Stage 1 trains AlignX or its control; the form offers only those."""
 
-    arm: Literal["control", "alignx"] = Field("alignx", description="AlignX, or the control (both lambdas 0)")
+    arm: Literal[STAGE1_ARMS] = Field(  # type: ignore[valid-type]
+        "alignx", description="AlignX, or the control (both lambdas 0)")
 
 
 class Stage2Params(StageParams):
     """Stage 2 trains every arm but base (sft starts from base); the form offers only those."""
 
-    arm: Literal["sft", "control", "alignx"] = Field("alignx", description="which arm's stage 2 to train")
+    arm: Literal[STAGE2_ARMS] = Field(  # type: ignore[valid-type]
+        "alignx", description="which arm's stage 2 to train")
 
 
 def flow_run_name(flow: str) -> Callable[[], str]:

@@ -14,13 +14,12 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
-from flows import chain
+from alignx.stages_and_arms import STAGE1_ARMS, STAGES
+from flows import stage_chain
 from flows.params import PipelineParams, flow_run_name
 from tasks import evaluate as eval_tasks
-from tasks import preflight as preflight_task
+from tasks import preflight_task
 from tasks.caching import run_verified
-
-ORDER = ("data", "bootstrap", "stage1", "stage2", "evaluate")
 
 
 def report_artifact_markdown(meta: dict[str, Any]) -> str:
@@ -37,31 +36,31 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     """Run the whole AlignX pipeline on a profile and return where its artefacts are."""
     log = get_run_logger()
     cfg = params.config()  # validates the whole config before any work
-    stop = ORDER.index(params.stop_after) if params.stop_after else len(ORDER) - 1
+    stop = STAGES.index(params.stop_after) if params.stop_after else len(STAGES) - 1
     log.info("profile %s, arms %s, run root %s", cfg.name, cfg.arms, cfg.resolved_run_root())
 
     preflight_task.preflight(cfg)  # every stage's inputs checked before any work, all problems at once
-    shards = chain.run_data(cfg)
+    shards = stage_chain.run_data(cfg)
     result: dict[str, Any] = {"shards": shards.path}
-    if stop < ORDER.index("bootstrap"):
+    if stop < STAGES.index("bootstrap"):
         return result
-    base = chain.run_base(cfg, shards)
+    base = stage_chain.run_base(cfg, shards)
     result["base"] = base.path
-    if stop < ORDER.index("stage1"):
+    if stop < STAGES.index("stage1"):
         return result
 
     # The arms are independent: each runs its chain (stage 1 -> stage 2 -> evaluations) as a future,
     # cfg.parallel_stages at a time; the gpu concurrency limit and the GPU pool bound the stages.
-    through = ORDER[stop]
-    arms = [arm for arm in cfg.arms if through != "stage1" or arm in ("alignx", "control")]
-    arm_runs = chain.run_arm_chains(cfg, arms, base, shards, through)
+    through = STAGES[stop]
+    arms = [arm for arm in cfg.arms if through != "stage1" or arm in STAGE1_ARMS]
+    arm_runs = stage_chain.run_arm_chains(cfg, arms, base, shards, through)
     models = {arm: run.models for arm, run in arm_runs.items()}
     result["models"] = {arm: {k: v.path for k, v in m.items()} for arm, m in models.items()}
-    if stop < ORDER.index("evaluate"):
+    if stop < STAGES.index("evaluate"):
         return result
 
     evals = {name: record for run in arm_runs.values() for name, record in run.evals.items()}
-    report = run_verified(eval_tasks.write_report, evals, chain.curves_of(models), cfg)
+    report = run_verified(eval_tasks.write_report, evals, stage_chain.curves_of(models), cfg)
     create_markdown_artifact(report_artifact_markdown(report.meta), key="alignx-report",
                              description=f"AlignX report, profile {cfg.name}")
     summary = report.meta.get("summary", [])

@@ -1,4 +1,4 @@
-"""Cache keys, retry rules and cache verification shared by every AlignX task.
+"""Cache keys and cache verification shared by every AlignX task (retry policies: ``tasks.retries``).
 
 A task's cache key is its own source + a hash of the code it runs (the import closure of its module and
 of its stage's entry, alignx.code_closure) + the config sections it reads + the content of the files
@@ -20,10 +20,10 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 from prefect.transactions import IsolationLevel
 
-from alignx.artefacts import Artefact, file_digest, verify_artefact
+from alignx.artefacts import Artefact, file_digest, fingerprint, verify_artefact
 from alignx.code_closure import code_fingerprint
+from alignx.config import REPO_ROOT, PipelineConfig
 from alignx.data.general_instructions import instruction_sources_fingerprint
-from alignx.config import REPO_ROOT, PipelineConfig, fingerprint
 from alignx.train.worker import STAGE_ENTRIES
 from tasks.locks import HolderAwareLockManager
 
@@ -139,28 +139,6 @@ def output_key() -> str:
     if context is None:
         raise RuntimeError("output_key() is called from inside a running task")
     return task_key(context.task, context.parameters).rsplit("-", 1)[-1]
-
-
-# Errors that are worth a retry: transient I/O, not bad input.
-_NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """True for transient failures (I/O hiccups, out-of-memory); False for bad input or bugs."""
-    if exc is None:
-        return False
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(exc, (OSError, TimeoutError, ConnectionError)) and not isinstance(exc, _NOT_TRANSIENT)
-
-
-def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry only transient errors, never bad input."""
-    try:
-        state.result()
-    except BaseException as exc:  # the failed state's exception comes back here
-        return is_transient(exc)
-    return False
 
 
 def run_verified(task: Callable[..., Artefact], *args: Any, **kwargs: Any) -> Artefact:

@@ -6,11 +6,10 @@ from prefect import task
 
 from alignx.artefacts import Artefact
 from alignx.config import PipelineConfig
-from alignx.data import stages
-from tasks.caching import retry_transient, stage_cache
-from tasks.observe import ProgressReporter
-
-_RETRY = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
+from alignx.data import data_stages
+from tasks.caching import stage_cache
+from tasks.retries import READ_RETRY
+from tasks.stage_progress import ProgressReporter
 
 
 @task(
@@ -19,11 +18,11 @@ _RETRY = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_t
     cache_policy=stage_cache(["data.max_pairs_per_pair", "languages", "pivot", "data_mirror"]),
     persist_result=True,
     tags=["data"],
-    **_RETRY,
+    **READ_RETRY,
 )
 def collect(source: str, source_fingerprint: str, cfg: PipelineConfig) -> Artefact:
     """Read one catalogue source into raw Parquet (the source fingerprint keys the cache on its files)."""
-    return stages.collect_source(source, cfg, cfg.resolved_run_root(), progress=ProgressReporter(f"collect-{source}", f"collect {source}"))
+    return data_stages.collect_source(source, cfg, cfg.resolved_run_root(), progress=ProgressReporter(f"collect-{source}", f"collect {source}"))
 
 
 @task(
@@ -31,11 +30,11 @@ def collect(source: str, source_fingerprint: str, cfg: PipelineConfig) -> Artefa
     cache_policy=stage_cache(["data.langid", "data.filters", "languages", "pivot"]),
     persist_result=True,
     tags=["data"],
-    **_RETRY,
+    **READ_RETRY,
 )
 def langid_filter(raw: list[Artefact], cfg: PipelineConfig) -> Artefact:
     """Language-ID and quality filters over every raw source (dedup across sources)."""
-    return stages.filter_pairs(raw, cfg, cfg.resolved_run_root(), progress=ProgressReporter("langid-filter", "language-ID filter"))
+    return data_stages.filter_pairs(raw, cfg, cfg.resolved_run_root(), progress=ProgressReporter("langid-filter", "language-ID filter"))
 
 
 @task(
@@ -43,8 +42,8 @@ def langid_filter(raw: list[Artefact], cfg: PipelineConfig) -> Artefact:
     cache_policy=stage_cache(["data.shard"]),
     persist_result=True,
     tags=["data"],
-    **_RETRY,
+    **READ_RETRY,
 )
 def shard(filtered: Artefact, cfg: PipelineConfig) -> Artefact:
     """Write the filtered pairs as train/valid Parquet shards with a manifest."""
-    return stages.write_shards(filtered, cfg, cfg.resolved_run_root())
+    return data_stages.write_shards(filtered, cfg, cfg.resolved_run_root())

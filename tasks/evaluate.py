@@ -9,10 +9,9 @@ from prefect import task
 from alignx.artefacts import Artefact
 from alignx.config import PipelineConfig
 from alignx.eval import report
-from tasks.caching import output_key, retry_transient, stage_cache
-from tasks.observe import ProgressReporter, run_observed
-
-_RETRY = dict(retries=1, retry_delay_seconds=[10], retry_condition_fn=retry_transient)
+from tasks.caching import output_key, stage_cache
+from tasks.retries import EVAL_RETRY
+from tasks.stage_progress import ProgressReporter, run_observed
 
 
 # Besides eval, the evaluation reads the align layer (the report's default layer), the LID config
@@ -24,7 +23,7 @@ REPORT_SECTIONS = ["name", "eval.benchmarks", "eval.bootstrap_resamples", "eval.
 
 
 @task(name="evaluate", task_run_name="evaluate-{name}", cache_policy=stage_cache(EVAL_SECTIONS, "evaluate"),
-      persist_result=True, tags=["gpu"], **_RETRY)
+      persist_result=True, tags=["gpu"], **EVAL_RETRY)
 def evaluate(model: Artefact, benchmark_fingerprint: str, cfg: PipelineConfig, name: str) -> Artefact:
     """Benchmarks and alignment metrics of one checkpoint (keyed on model + benchmark data + config)."""
     out = cfg.resolved_run_root() / "eval" / f"{name}-{output_key()}"
@@ -32,7 +31,7 @@ def evaluate(model: Artefact, benchmark_fingerprint: str, cfg: PipelineConfig, n
                         ProgressReporter(f"evaluate-{name}", f"evaluate {name}"))
 
 
-@task(name="report", cache_policy=stage_cache(REPORT_SECTIONS), persist_result=True, **_RETRY)
+@task(name="report", cache_policy=stage_cache(REPORT_SECTIONS), persist_result=True, **EVAL_RETRY)
 def write_report(evals: dict[str, Artefact], curves: dict[str, str], cfg: PipelineConfig) -> Artefact:
     """The comparison report (Markdown + plots) over every evaluated arm."""
     out = cfg.resolved_run_root() / "report" / output_key()

@@ -11,27 +11,25 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from alignx.config import PipelineConfig
-from alignx.data import stages as data_stages
+from alignx.data import data_stages
 from alignx.eval import runner
 from alignx.model import base_models
-from tasks.caching import retry_transient
-
-_RETRY = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
+from tasks.retries import READ_RETRY
 
 
-@task(name="fingerprint-source", task_run_name="fingerprint-{source}", cache_policy=NO_CACHE, **_RETRY)
+@task(name="fingerprint-source", task_run_name="fingerprint-{source}", cache_policy=NO_CACHE, **READ_RETRY)
 def source(source: str, cfg: PipelineConfig) -> str:
     """A catalogue source's files (mirror) or hub revision."""
-    return data_stages.source_fingerprint(source, cfg)
+    return data_stages.data_source_fingerprint(source, cfg)
 
 
-@task(name="fingerprint-base-model", cache_policy=NO_CACHE, **_RETRY)
+@task(name="fingerprint-base-model", cache_policy=NO_CACHE, **READ_RETRY)
 def base_model(spec: str) -> str:
     """The base model's GGUF SHA-256, directory content or hub commit."""
-    return base_models.source_fingerprint(spec)
+    return base_models.base_model_fingerprint(spec)
 
 
-@task(name="fingerprint-benchmarks", cache_policy=NO_CACHE, **_RETRY)
+@task(name="fingerprint-benchmarks", cache_policy=NO_CACHE, **READ_RETRY)
 def benchmarks(cfg: PipelineConfig) -> str:
     """The benchmark and alignment files an evaluation reads."""
     return runner.benchmark_fingerprint(cfg)

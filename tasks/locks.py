@@ -23,7 +23,7 @@ from typing import Any
 
 from prefect.locking.filesystem import FileSystemLockManager
 
-from alignx.holders import Holder
+from alignx.process_identity import Holder
 
 logger = logging.getLogger("alignx.locks")
 

@@ -15,10 +15,10 @@ from prefect.logging import get_run_logger
 from alignx.artefacts import Artefact
 from alignx.config import PipelineConfig
 from alignx.model import base_models
-from tasks.caching import output_key, retry_transient, stage_cache
-from tasks.observe import ProgressReporter, run_observed, stage1_run_name
+from tasks.caching import output_key, stage_cache
+from tasks.retries import TRAIN_RETRY
+from tasks.stage_progress import ProgressReporter, run_observed, stage1_run_name
 
-_RETRY = dict(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
 # launch: the number of processes fixes the global batch when train.global_batch_size is not set
 STAGE2_SECTIONS = ["stage2", "languages", "pivot", "stage1.align_layer", "launch"]  # stage2.general: by file content too
 
@@ -61,11 +61,11 @@ def model_dir(cfg: PipelineConfig, name: str) -> Path:
 
 
 @task(name="prepare-base", cache_policy=stage_cache(["base_model", "base_model_dtype"]),
-      persist_result=True, **_RETRY)
+      persist_result=True, **TRAIN_RETRY)
 def prepare_base(source_fp: str, cfg: PipelineConfig) -> Artefact:
     """The profile's base model as a checkpoint dir (a GGUF is converted once); keyed on ``source_fp``.
 
-    ``source_fp`` (``base_models.source_fingerprint``) is the GGUF's SHA-256, the directory's content
+    ``source_fp`` (``base_models.base_model_fingerprint``) is the GGUF's SHA-256, the directory's content
     fingerprint or the hub commit, so a changed file is a cache miss even under the same path or name.
     """
     return base_models.prepare_base_model(cfg.base_model, cfg.resolved_run_root() / "models",
@@ -77,7 +77,7 @@ def prepare_base(source_fp: str, cfg: PipelineConfig) -> Artefact:
 # stage 2 records it too when its input model has none (a given base model): both are keyed on it.
 @task(name="bootstrap", cache_policy=stage_cache(["bootstrap", "languages", "pivot", "stage1.align_layer", "launch"],
                                                  "bootstrap"),
-      persist_result=True, tags=["gpu"], **_RETRY)
+      persist_result=True, tags=["gpu"], **TRAIN_RETRY)
 def bootstrap(shards: Artefact, cfg: PipelineConfig) -> Artefact:
     """Train the offline base model (SentencePiece tokenizer + small Llama) on the train shards."""
     out = model_dir(cfg, "base")
@@ -89,7 +89,7 @@ def bootstrap(shards: Artefact, cfg: PipelineConfig) -> Artefact:
 
 @task(name="stage1", task_run_name=stage1_run_name,
       cache_policy=stage_cache(["stage1", "languages", "pivot", "launch"], "stage1"),
-      persist_result=True, tags=["gpu"], **_RETRY)
+      persist_result=True, tags=["gpu"], **TRAIN_RETRY)
 def stage1(base: Artefact, shards: Artefact, cfg: PipelineConfig, control: bool = False) -> Artefact:
     """Stage-1 alignment pre-training; ``control`` trains the same steps with both lambdas at 0."""
     arm = "control" if control else "alignx"
@@ -101,7 +101,7 @@ def stage1(base: Artefact, shards: Artefact, cfg: PipelineConfig, control: bool 
 
 
 @task(name="stage2", task_run_name="stage2-{arm}", cache_policy=stage_cache(STAGE2_SECTIONS, "stage2"),
-      persist_result=True, tags=["gpu"], **_RETRY)
+      persist_result=True, tags=["gpu"], **TRAIN_RETRY)
 def stage2(model: Artefact, shards: Artefact, cfg: PipelineConfig, arm: str) -> Artefact:
     """Stage-2 instruction fine-tuning from ``model`` (the stage-1 checkpoint, or base for SFT-only)."""
     out = model_dir(cfg, f"{arm}-stage2")  # keyed like the cache: a changed instruction file, a new model

@@ -23,7 +23,7 @@ def test_every_config_problem_at_once(tmp_path, capsys):
 
 
 def test_null_removes_a_mapping_key_and_sets_an_optional_field():
-    from alignx.config import load_profile
+    from alignx.profiles import load_profile
 
     assert "xcopa" in load_profile("smoke").eval.limit
     cfg = load_profile("smoke", {"eval.limit.xcopa": None, "stage1.max_examples": None})

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from flows.cli import main
-from alignx.config import load_profile
 from alignx.preflight import PreflightError, preflight, preflight_problems, profile_problems
+from alignx.profiles import load_profile
+from flows.cli import main
 from tests.flows.conftest import copy_mirror
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alignx.config import load_profile
+from alignx.profiles import load_profile
 from bench.real_sweep import POINTS, PROFILE, ProtocolError, check_protocol, point_config, point_overrides
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from alignx.config import PipelineConfig, check_config
+from alignx.config import PipelineConfig
+from alignx.profiles import check_config
 
 
 def test_errors_name_the_key_what_was_expected_and_what_was_found():

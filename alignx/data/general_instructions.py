@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from alignx.artefacts import file_digest
-from alignx.config import InstructionSource, fingerprint
+from alignx.artefacts import file_digest, fingerprint
+from alignx.config import InstructionSource
 from alignx.data import hub
 from alignx.data.instructions import example_id
 from alignx.data.schema import INSTRUCTION_SCHEMA

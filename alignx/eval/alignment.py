@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from alignx.config import check_alignment_layers
 from alignx.data.instructions import encode_examples, translation_instruction
 from alignx.eval.loglik import model_max_length
-from alignx.eval.parallel import split_gather
+from alignx.eval.process_split import split_gather
 from alignx.eval.sources import text_lines
 from alignx.languages import get_language
 from alignx.mirror import require_mirror_path

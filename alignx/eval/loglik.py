@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alignx.eval.parallel import split_gather
+from alignx.eval.process_split import split_gather
 
 log = logging.getLogger(__name__)
 

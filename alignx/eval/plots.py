@@ -12,6 +12,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from alignx.stages_and_arms import TRAINING_STAGES
+
 CURVE_FIELDS = ("loss", "lm", "ctr", "lam")
 _LABELS = {"x2en_top1": "top-1 X→en", "en2x_top1": "top-1 en→X", "cos_gap": "cosine gap (pair − random)"}
 
@@ -71,9 +73,6 @@ def language_bars(values: dict[str, dict[str, float | None]], metric: str, title
     return _save(fig, path)
 
 
-STAGE_ORDER = ("bootstrap", "stage1", "stage2")
-
-
 def _drawn(field: str, runs: dict[str, list[dict]]) -> bool:
     rows = [row for rows in runs.values() for row in rows]
     if field == "lm" and all(row.get("lm") == row.get("loss") for row in rows):
@@ -93,7 +92,7 @@ def training_curves_figure(logs: dict[str, list[dict]], stages: dict[str, str] |
     groups: dict[str, dict[str, list[dict]]] = {}
     for label, rows in logs.items():
         groups.setdefault(stages.get(label, "training"), {})[label] = rows
-    order = sorted(groups, key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER))
+    order = sorted(groups, key=lambda s: TRAINING_STAGES.index(s) if s in TRAINING_STAGES else len(TRAINING_STAGES))
     fields = {stage: [f for f in CURVE_FIELDS if _drawn(f, groups[stage])] for stage in order}
     ncols = max([len(f) for f in fields.values()] + [1])
     fig = Figure(figsize=(4.2 * ncols, 3.0 * max(len(order), 1)))

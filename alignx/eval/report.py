@@ -14,17 +14,16 @@ from typing import Any
 
 from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, write_marker
 from alignx.config import PipelineConfig
-from alignx.records import read_log, read_run_record
 from alignx.eval import plots
 from alignx.eval.runner import ITEMS_DIR, METRICS_FILE
 from alignx.eval.stats import excludes_zero, paired_bootstrap, stratified_paired_bootstrap
 from alignx.jsonl import iter_jsonl
+from alignx.training_records import read_log, read_run_record
 
 # (treatment, reference): AlignX against the compute-matched control and against SFT only.
 COMPARISONS = (("alignx", "control"), ("alignx", "sft"), ("alignx-stage1", "control-stage1"))
 # Metrics with a value per item (so they get intervals), in the order the summary lists them.
 HEADLINE = ("acc", "exact_match", "chrf_seg", "off_target", "x2en_top1", "en2x_top1", "cos_gap")
-ITEM_METRICS = {*HEADLINE, "acc_norm"}
 LOWER_IS_BETTER = {"off_target"}
 _TWO_DECIMALS = {"bleu", "chrf", "chrf_seg"}
 ALIGN_METRICS = ["x2en_top1", "en2x_top1", "cos_gap"]

@@ -21,21 +21,21 @@ import torch
 from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, read_marker, write_marker
 from alignx.config import PipelineConfig
 from alignx.data.instructions import encode_examples, translation_instruction
+from alignx.distributed_run import written_once
 from alignx.eval import alignment as align
+from alignx.eval.evaluation_plan import EvalInputError, EvalPlan, benchmark_fingerprint, plan_evaluation
 from alignx.eval.generation import GreedyGenerator
 from alignx.eval.loglik import LoglikelihoodScorer, model_max_length
-from alignx.eval.plan import EvalInputError, EvalPlan, benchmark_fingerprint, plan_evaluation
 from alignx.eval.scoring import evaluate_choice, evaluate_generation, evaluate_translation
 from alignx.eval.translation import translation_prompts
 from alignx.mirror import resolve_mirror
-from alignx.processes import written_once
+from alignx.progress import Progress
 
 __all__ = ["EvalInputError", "benchmark_fingerprint", "check_prompt_lengths", "evaluate_model", "load_model",
            "report_layer"]
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int, str], None]
 METRICS_FILE = "metrics.json"
 ITEMS_DIR = "items"
 

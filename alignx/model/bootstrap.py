@@ -2,7 +2,7 @@
 
 Used when no pretrained base model is configured (the default offline run): the tokenizer is trained
 on sentences of the training shards, the model is pre-trained on their monolingual sides with the
-shared training loop (see ``alignx.train.stages.bootstrap_base_model``).
+shared training loop (see ``alignx.train.training_stages.bootstrap_base_model``).
 """
 
 from __future__ import annotations

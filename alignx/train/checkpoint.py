@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from alignx.artefacts import atomic_dir, atomic_write_text, replace_dir
-from alignx.processes import process_state
-from alignx.records import read_log
+from alignx.distributed_run import process_state
+from alignx.training_records import read_log
 
 log = logging.getLogger(__name__)
 

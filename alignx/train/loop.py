@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,17 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from alignx.config import TrainConfig, fingerprint
+from alignx.artefacts import fingerprint
+from alignx.config import TrainConfig
 from alignx.data.collate import TrainExample, collate, micro_batch_schedule
-from alignx.processes import process_state
-from alignx.records import TRAIN_LOG, read_log
+from alignx.distributed_run import process_state
+from alignx.progress import Progress
 from alignx.train.checkpoint import truncate_log
-from alignx.train.parallel import Replicated, Sharded
+from alignx.train.parallel_strategies import Replicated, Sharded
+from alignx.training_records import TRAIN_LOG, read_log
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int, dict[str, float]], None]
 # Settings that change speed or bookkeeping but not the trajectory: a resumed run may differ in them
 # (the out-of-memory retry turns gradient checkpointing on and resumes).
 _NOT_TRAJECTORY = {"gradient_checkpointing", "checkpoint_every", "log_every"}
@@ -50,7 +51,7 @@ class TrainResult:
     resumed_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # the objective's weights gathered on the main process when they were sharded (else None: the
-    # caller's modules hold them); see ``alignx.train.parallel.sub_state``
+    # caller's modules hold them); see ``alignx.train.parallel_strategies.sub_state``
     full_state: dict[str, torch.Tensor] | None = None
 
 

@@ -13,9 +13,11 @@ import logging
 import signal
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from alignx.progress import Progress
+from alignx.stages_and_arms import TRAINING_STAGES
 
 PROTOCOL = "@alignx "
 OOM_EXIT = 75  # the stage ran out of memory; the launcher may retry with activation checkpointing
@@ -39,11 +41,11 @@ def die_with_parent() -> None:
 
 # Each stage's library module, imported by name: a stage's cache key covers the import closure of its
 # own entry (alignx.code_closure), so training code never keys an evaluation, nor evaluation code a training.
-STAGE_ENTRIES = {"bootstrap": "alignx.train.stages", "stage1": "alignx.train.stages",
-                 "stage2": "alignx.train.stages", "evaluate": "alignx.eval.runner"}
+STAGE_ENTRIES = {**dict.fromkeys(TRAINING_STAGES, "alignx.train.training_stages"),
+                 "evaluate": "alignx.eval.runner"}
 
 
-def run_stage(stage: str, args: dict[str, Any], cfg, progress: Callable | None = None):
+def run_stage(stage: str, args: dict[str, Any], cfg, progress: Progress | None = None):
     """Run one stage in this process: a training stage, or ``evaluate`` (``args``: paths as strings)."""
     if stage not in STAGE_ENTRIES:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_ENTRIES)}")
@@ -63,8 +65,8 @@ def main(call_file: str) -> int:
     die_with_parent()
     import torch
 
-    from alignx.config import parse_config
-    from alignx.processes import process_state
+    from alignx.distributed_run import process_state
+    from alignx.profiles import parse_config
 
     call = json.loads(Path(call_file).read_text(encoding="utf-8"))
     cfg = parse_config(call["config"], source=call_file)
@@ -72,8 +74,8 @@ def main(call_file: str) -> int:
     logging.basicConfig(level=logging.INFO if state.is_main_process else logging.WARNING, stream=sys.stdout,
                         format=f"[rank {state.process_index}] %(levelname)s %(name)s: %(message)s")
 
-    def progress(done: int, total: int, metrics: dict[str, float]) -> None:
-        emit("progress", {"done": done, "total": total, "metrics": metrics})
+    def progress(done: int, total: int, detail: str | dict[str, float]) -> None:
+        emit("progress", {"done": done, "total": total, "metrics": detail})
 
     try:
         artefact = run_stage(call["stage"], call["args"], cfg, progress if state.is_main_process else None)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from alignx.config import PipelineConfig, parse_config
+from alignx.config import PipelineConfig
 from alignx.languages import get_language
+from alignx.profiles import parse_config
 
 SLICE = 400  # pairs per language: enough for the retention thresholds, fast enough for CI
 LID_LANGS = ["bn", "de", "es", "fr", "ja", "ru", "th", "zh"]
@@ -20,7 +21,7 @@ def tatoeba_folder(code: str) -> str:
 @pytest.fixture(scope="session")
 def tatoeba_slices(mirror: Path) -> dict[str, list[tuple[str, str]]]:
     """The first SLICE (English, X) pairs of every Tatoeba language, read by the reader under test."""
-    from alignx.data.sources import open_source
+    from alignx.data.source_catalogue import open_source
 
     reader = open_source("tatoeba", mirror)
     return {x: [p for batch in reader.read("en", x, limit=SLICE) for p in batch] for x in [*LID_LANGS, "sw"]}

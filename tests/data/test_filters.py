@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alignx.config import LangIdConfig, parse_config
+from alignx.config import LangIdConfig
+from alignx.profiles import parse_config
 from alignx.data.filters import (
     DUPLICATE,
     EMPTY,

@@ -10,9 +10,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from alignx.data import stages
+from alignx.data import data_stages
 from alignx.data.filters import CONTROL_CHARS, ControlCharError, ControlCharFilter, ParallelPair
-from alignx.data.sources import TableParams, TableReader, read_aligned_files
+from alignx.data.readers.pair_reader import read_aligned_files
+from alignx.data.readers.table import TableParams, TableReader
 from tests.data.conftest import copy_head, make_config, tatoeba_folder
 
 LINES = 50  # Tatoeba lines per language pair in the corrupted mirror
@@ -111,9 +112,9 @@ def dirty(tmp_path_factory, mirror):
     _append_to_lines(swa, {n: b"\x00" for n in range(1, LINES + 1)})
 
     cfg = make_config(root, tmp / "run", sources=["tatoeba"])
-    raw = [stages.collect_source("tatoeba", cfg, tmp / "run")]
-    filtered = stages.filter_pairs(raw, cfg, tmp / "run")
-    shards = stages.write_shards(filtered, cfg, tmp / "run")
+    raw = [data_stages.collect_source("tatoeba", cfg, tmp / "run")]
+    filtered = data_stages.filter_pairs(raw, cfg, tmp / "run")
+    shards = data_stages.write_shards(filtered, cfg, tmp / "run")
     return {"run": tmp / "run", "cfg": cfg, "raw": raw, "filtered": filtered, "shards": shards, "deu": deu}
 
 
@@ -144,7 +145,7 @@ def test_control_characters_reach_raw_but_are_counted_and_kept_out_of_filtered_a
     assert de["rejected"][CONTROL_CHARS] == len(NUL_LINES) + 2 and de["in"] == LINES
     assert de["in"] == de["kept"] + sum(de["rejected"].values())
     assert report["pairs"]["en-zh"]["rejected"][CONTROL_CHARS] == 0
-    (row,) = [r for r in stages.summary_table(dirty["filtered"]) if r["pair"] == "en-de"]
+    (row,) = [r for r in data_stages.summary_table(dirty["filtered"]) if r["pair"] == "en-de"]
     assert row[CONTROL_CHARS] == 4 and row["warning"] == ""
     filtered = _texts(pq.read_table(Path(dirty["filtered"].path) / "en-de.parquet"))
     shards = _shard_texts(dirty["shards"])
@@ -157,7 +158,7 @@ def test_fail_mode_names_the_source_file_and_line(dirty):
     strict = cfg.model_copy(update={"data": cfg.data.model_copy(update={
         "filters": cfg.data.filters.model_copy(update={"control_chars": "fail"})})})
     with pytest.raises(ControlCharError) as info:  # the raw pairs of a reject-mode collect: no re-read
-        stages.filter_pairs(dirty["raw"], strict, dirty["run"])
+        data_stages.filter_pairs(dirty["raw"], strict, dirty["run"])
     assert str(info.value).startswith(f"{dirty['deu']} line {NUL_LINES[0]}: expected text without control "
                                       f"characters, found U+0000 (NUL) at character")
     assert not list((dirty["run"] / "filtered").glob(".*"))  # nothing half-written left behind
@@ -168,12 +169,12 @@ def test_a_pair_left_empty_warns_and_check_pairs_kept_raises_with_its_counts(dir
     filtered = dirty["filtered"]
     warning = f"pair en-sw: no pairs kept of {LINES} read; rejected: {CONTROL_CHARS} {LINES}"
     assert warning in filtered.meta["warnings"]
-    rows = {r["pair"]: r for r in stages.summary_table(filtered)}
+    rows = {r["pair"]: r for r in data_stages.summary_table(filtered)}
     assert rows["en-sw"]["kept"] == 0 and rows["en-sw"]["warning"] == "no pairs kept"
     assert rows["en-de"]["warning"] == "" and rows["all"]["warning"] == "1 pair(s) kept no pairs"
     for given in (filtered, filtered.path):
-        with pytest.raises(stages.NoPairsKeptError) as info:
-            stages.check_pairs_kept(given)
+        with pytest.raises(data_stages.NoPairsKeptError) as info:
+            data_stages.check_pairs_kept(given)
         assert info.value.counts == {"en-sw": {"in": LINES, CONTROL_CHARS: LINES}}
         assert isinstance(info.value, ValueError) and warning in str(info.value)
     assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)
@@ -182,18 +183,18 @@ def test_a_pair_left_empty_warns_and_check_pairs_kept_raises_with_its_counts(dir
 def test_check_pairs_kept_passes_when_every_pair_kept_some(dirty):
     report = json.loads((Path(dirty["filtered"].path) / "report.json").read_text(encoding="utf-8"))
     del report["pairs"]["en-sw"]
-    stages.check_pairs_kept(report)  # no error
+    data_stages.check_pairs_kept(report)  # no error
     report["pairs"]["en-de"]["kept"] = 0
-    with pytest.raises(stages.NoPairsKeptError, match="en-de"):
-        stages.check_pairs_kept(report)
+    with pytest.raises(data_stages.NoPairsKeptError, match="en-de"):
+        data_stages.check_pairs_kept(report)
 
 
 def test_the_pipeline_stops_before_the_base_model_naming_the_empty_pair(dirty, tmp_path):
-    """flows.chain.run_base refuses shards with an empty pair before bootstrap or a base model runs."""
-    from flows import chain
+    """flows.stage_chain.run_base refuses shards with an empty pair before bootstrap or a base model runs."""
+    from flows import stage_chain
 
     cfg = dirty["cfg"].model_copy(update={"run_root": str(tmp_path / "run")})
     shards = dirty["shards"]
-    with pytest.raises(stages.NoPairsKeptError, match=f"pair en-sw: no pairs kept of {LINES} read; rejected: {CONTROL_CHARS} {LINES}"):
-        chain.run_base(cfg, shards)
+    with pytest.raises(data_stages.NoPairsKeptError, match=f"pair en-sw: no pairs kept of {LINES} read; rejected: {CONTROL_CHARS} {LINES}"):
+        stage_chain.run_base(cfg, shards)
     assert not (tmp_path / "run" / "models").exists()

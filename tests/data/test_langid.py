@@ -8,8 +8,9 @@ import random
 
 import pytest
 
-from alignx.config import LangIdConfig, LangPolicy, parse_config
+from alignx.config import LangIdConfig, LangPolicy
 from alignx.data.filters import LanguageFilter, LidScoreFilter, ParallelPair, run_filters
+from alignx.profiles import parse_config
 from alignx.data.langid import (
     BUNDLED_MODEL,
     LOW_LID_SCORE,

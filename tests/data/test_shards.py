@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from alignx.artefacts import tree_fingerprint
+from alignx.data import data_stages
 from alignx.data import shards as shards_module
-from alignx.data import stages
 from alignx.data.schema import MANIFEST, PAIR_SCHEMA, read_split
 from tests.data.conftest import make_config
 
@@ -18,13 +18,13 @@ from tests.data.conftest import make_config
 @pytest.fixture()
 def filtered(small_mirror, tmp_path):
     cfg = make_config(small_mirror, tmp_path / "run", shard={"valid_fraction": 0.1, "rows_per_shard": 100})
-    raw = stages.collect_source("tatoeba", cfg, tmp_path / "run")
-    return cfg, stages.filter_pairs([raw], cfg, tmp_path / "run")
+    raw = data_stages.collect_source("tatoeba", cfg, tmp_path / "run")
+    return cfg, data_stages.filter_pairs([raw], cfg, tmp_path / "run")
 
 
 def test_layout_schema_compression_and_manifest(filtered, tmp_path):
     cfg, flt = filtered
-    record = stages.write_shards(flt, cfg, tmp_path / "run")
+    record = data_stages.write_shards(flt, cfg, tmp_path / "run")
     root = Path(record.path)
     assert root.parent == tmp_path / "run" / "shards"
     parts = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
@@ -57,11 +57,11 @@ def test_layout_schema_compression_and_manifest(filtered, tmp_path):
 
 def test_split_is_a_function_of_the_pair_id(filtered, tmp_path):
     cfg, flt = filtered
-    first = stages.write_shards(flt, cfg, tmp_path / "a")
+    first = data_stages.write_shards(flt, cfg, tmp_path / "a")
     more_valid = cfg.model_copy(update={"data": cfg.data.model_copy(update={
         "shard": cfg.data.shard.model_copy(update={"valid_fraction": 0.3, "rows_per_shard": 1000})})})
-    second = stages.write_shards(flt, cfg, tmp_path / "b")
-    third = stages.write_shards(flt, more_valid, tmp_path / "c")
+    second = data_stages.write_shards(flt, cfg, tmp_path / "b")
+    third = data_stages.write_shards(flt, more_valid, tmp_path / "c")
     assert first.fingerprint == second.fingerprint  # same input and config: byte-identical shards
     assert Path(third.path).name != Path(first.path).name
     v1, v3 = set(read_split(first.path, "valid").pair_id), set(read_split(third.path, "valid").pair_id)
@@ -83,7 +83,7 @@ def test_a_failure_mid_write_leaves_no_shard_dir(filtered, tmp_path, monkeypatch
 
     monkeypatch.setattr(shards_module.PartWriter, "write", failing)
     with pytest.raises(OSError, match="disk full"):
-        stages.write_shards(flt, cfg, tmp_path / "run")
+        data_stages.write_shards(flt, cfg, tmp_path / "run")
     assert list((tmp_path / "run" / "shards").iterdir()) == []  # neither the final dir nor a temp dir
 
 
@@ -94,11 +94,11 @@ def test_a_bad_line_during_collect_leaves_no_raw_dir(small_mirror, tmp_path, mon
     eng.write_bytes(eng.read_bytes() + b"broken\n")
     cfg = make_config(small_mirror, tmp_path / "run")
     with pytest.raises(ValueError, match="line 301: not valid UTF-8"):
-        stages.collect_source("tatoeba", cfg, tmp_path / "run")
+        data_stages.collect_source("tatoeba", cfg, tmp_path / "run")
     assert list((tmp_path / "run" / "raw").iterdir()) == []
-    monkeypatch.setattr(stages, "PARALLEL_MIN_ROWS", 0)
-    monkeypatch.setattr(stages, "COLLECT_PARALLEL_MIN_PAIRS", 0)  # the same from worker processes
+    monkeypatch.setattr(data_stages, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(data_stages, "COLLECT_PARALLEL_MIN_PAIRS", 0)  # the same from worker processes
     two = make_config(small_mirror, tmp_path / "run", workers=2)
     with pytest.raises(ValueError, match=f"{zho}: line 301: not valid UTF-8"):
-        stages.collect_source("tatoeba", two, tmp_path / "run")
+        data_stages.collect_source("tatoeba", two, tmp_path / "run")
     assert list((tmp_path / "run" / "raw").iterdir()) == []

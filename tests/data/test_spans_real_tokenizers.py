@@ -25,7 +25,7 @@ from alignx.data.instructions import (
     TrainExample, encode_examples, encode_rows, even_sample, span_problems, translation_instruction,
 )
 from alignx.data.spans import SpanMismatchError, check_span
-from tests.train.shards import tatoeba_pairs
+from tests.train.tatoeba_shards import tatoeba_pairs
 
 LANGS = ("bn", "de", "es", "fr", "ja", "ru", "sw", "th", "zh")
 MIRRORED = ("llama3", "qwen3", "gemma3")

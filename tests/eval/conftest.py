@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignx.config import parse_config
 from alignx.eval.runner import evaluate_model
+from alignx.profiles import parse_config
 
 from .fixture_data import write_fixtures
 

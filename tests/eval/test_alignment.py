@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from alignx.config import ConfigError, parse_config
+from alignx.config import ConfigError
+from alignx.profiles import parse_config
 from alignx.eval.alignment import (
     encode_alone,
     encode_in_prompt,

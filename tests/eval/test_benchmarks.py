@@ -28,9 +28,9 @@ def test_registry_ships_every_benchmark():
 def test_an_evaluation_can_name_any_language_its_benchmark_has():
     """Every language a benchmark lists is a registry language, so eval.languages accepts it (also one
     the pipeline does not train), and the plan picks it for that benchmark and no other."""
-    from alignx.config import load_profile
-    from alignx.eval.plan import eval_languages
+    from alignx.eval.evaluation_plan import eval_languages
     from alignx.languages import get_language
+    from alignx.profiles import load_profile
 
     for name in known_benchmarks():
         for lang in get_benchmark(name).languages:

@@ -105,7 +105,7 @@ def test_benchmark_fingerprint_follows_the_data(tmp_path, eval_fixtures):
 
 
 def test_mgsm_exemplars_are_read_and_checked(tmp_path, mirror, eval_fixtures):
-    from alignx.eval.plan import plan_evaluation
+    from alignx.eval.evaluation_plan import plan_evaluation
 
     good = tmp_path / "shots.tsv"
     good.write_text("Two apples and one more?\t3\nHalf of 5,000?\t2,500\n", encoding="utf-8")

@@ -19,26 +19,26 @@ def _hang() -> None:
 
 def install(point: str) -> None:
     if point == "shard":
-        from alignx.data import stages
+        from alignx.data import data_stages
 
-        write = stages.write_shard_set
+        write = data_stages.write_shard_set
 
         def write_then_hang(*args: Any, **kwargs: Any) -> Any:
             write(*args, **kwargs)  # the shards are in the temporary folder, not yet renamed
             _hang()
 
-        stages.write_shard_set = write_then_hang
+        data_stages.write_shard_set = write_then_hang
     elif point == "stage1-checkpoint":
-        from alignx.train import parallel
+        from alignx.train import parallel_strategies
 
-        save = parallel.save_checkpoint
+        save = parallel_strategies.save_checkpoint
 
         def save_then_hang(*args: Any, **kwargs: Any) -> Any:
             result = save(*args, **kwargs)
             _hang()
             return result
 
-        parallel.save_checkpoint = save_then_hang
+        parallel_strategies.save_checkpoint = save_then_hang
     elif point == "evaluate":
         from alignx.eval import runner
 

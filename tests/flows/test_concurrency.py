@@ -16,7 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from alignx.artefacts import Artefact, atomic_dir, write_marker
-from flows import chain
+from flows import stage_chain
 from tasks import train as train_tasks
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -47,8 +47,8 @@ def stand_ins(monkeypatch, tmp_path):
         time.sleep(STAGE_SECONDS)
         return _artefact(out / f"stage2-{uuid.uuid4().hex}")
 
-    monkeypatch.setattr(chain, "run_data", lambda cfg: _artefact(tmp_path / "shards"))
-    monkeypatch.setattr(chain, "run_base", lambda cfg, shards: _artefact(tmp_path / "base"))
+    monkeypatch.setattr(stage_chain, "run_data", lambda cfg: _artefact(tmp_path / "shards"))
+    monkeypatch.setattr(stage_chain, "run_base", lambda cfg, shards: _artefact(tmp_path / "base"))
     monkeypatch.setattr(train_tasks, "stage1", stage1)
     monkeypatch.setattr(train_tasks, "stage2", stage2)
     return tmp_path
@@ -127,8 +127,8 @@ def test_failed_stage_keeps_the_stages_before_it_cached(monkeypatch, tmp_path):
             raise ValueError("stage 2 input is bad")
         return _artefact(tmp_path / "stage2")
 
-    monkeypatch.setattr(chain, "run_data", lambda cfg: _artefact(tmp_path / "shards"))
-    monkeypatch.setattr(chain, "run_base", lambda cfg, shards: _artefact(tmp_path / "base"))
+    monkeypatch.setattr(stage_chain, "run_data", lambda cfg: _artefact(tmp_path / "shards"))
+    monkeypatch.setattr(stage_chain, "run_base", lambda cfg, shards: _artefact(tmp_path / "base"))
     monkeypatch.setattr(train_tasks, "stage1", stage1)
     monkeypatch.setattr(train_tasks, "stage2", stage2)
     params = PipelineParams(profile="smoke", arms=["alignx"], stop_after="stage2",

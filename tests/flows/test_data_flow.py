@@ -27,9 +27,9 @@ def _params(root: Path, local_mirror: Path, **extra):
 
 
 def test_cache_hits_and_exact_invalidation(data_env, states):
-    from alignx.artefacts import verify_artefact, Artefact
+    from alignx.artefacts import Artefact, verify_artefact
     from alignx.data.schema import read_split
-    from flows.stages import data_flow
+    from flows.stage_flows import data_flow
 
     root, local_mirror = data_env
     first = data_flow(_params(root, local_mirror), return_state=True)

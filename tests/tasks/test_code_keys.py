@@ -52,7 +52,7 @@ def test_the_modules_the_issue_found_missing_are_in_the_closures():
         assert module in evaluate, module
     for task in ("bootstrap", "stage1", "stage2"):
         training = rel(task)
-        for module in ("alignx/launch.py", "alignx/train/loop.py", "alignx/train/stages.py",
+        for module in ("alignx/launch.py", "alignx/train/loop.py", "alignx/train/training_stages.py",
                        "alignx/model/losses.py", "tasks/train.py"):
             assert module in training, (task, module)
         assert "alignx/eval/runner.py" not in training  # the worker names its stages' modules, never imports them

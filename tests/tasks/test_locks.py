@@ -17,7 +17,7 @@ import pytest
 from prefect import flow, task
 
 from alignx.artefacts import Artefact, atomic_dir, write_marker
-from alignx.holders import Holder
+from alignx.process_identity import Holder
 from tasks.locks import HolderAwareLockManager
 
 
@@ -138,7 +138,7 @@ def test_cached_task_breaks_a_dead_attempts_lock_and_marks_it_crashed(tmp_path):
     from prefect.states import Running
     from prefect.transactions import get_transaction
 
-    from alignx.config import load_profile
+    from alignx.profiles import load_profile
     from tasks.caching import LOCK_MANAGER, stage_cache
 
     seen: dict[str, str] = {}
@@ -205,7 +205,7 @@ def test_a_tasks_lock_lives_in_its_run_root(tmp_path, monkeypatch):
     """Without ALIGNX_LOCK_DIR, every process working on a run root takes its locks in ``<run root>/locks``."""
     from types import SimpleNamespace
 
-    from alignx.config import load_profile
+    from alignx.profiles import load_profile
     from tasks import caching
     from tasks import train as train_tasks
 

@@ -9,7 +9,7 @@ import pytest
 from prefect import flow
 
 from alignx.artefacts import Artefact
-from alignx.config import load_profile
+from alignx.profiles import load_profile
 from tasks.train import _with_oom_fallback
 
 

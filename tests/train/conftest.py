@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.shards import tatoeba_pairs, write_shards
+from tests.train.tatoeba_shards import tatoeba_pairs, write_shards
 from tests.train.tiny import LANGS, byte_level_tokenizer, save_model, sentencepiece_tokenizer, tiny_causal_lm
 
 

@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from alignx.config import parse_config
-from alignx.processes import process_state
-from alignx.train.stages import train_stage1
+from alignx.distributed_run import process_state
+from alignx.profiles import parse_config
+from alignx.train.training_stages import train_stage1
 
 
 def main() -> None:

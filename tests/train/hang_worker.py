@@ -10,9 +10,9 @@ import sys
 import time
 from typing import Any
 
-from alignx.train import parallel, worker
+from alignx.train import parallel_strategies, worker
 
-save = parallel.save_sharded_checkpoint
+save = parallel_strategies.save_sharded_checkpoint
 
 
 def save_then_hang(*args: Any, **kwargs: Any) -> None:
@@ -22,7 +22,7 @@ def save_then_hang(*args: Any, **kwargs: Any) -> None:
     time.sleep(3600)
 
 
-parallel.save_sharded_checkpoint = save_then_hang
+parallel_strategies.save_sharded_checkpoint = save_then_hang
 
 if __name__ == "__main__":
     sys.exit(worker.main(sys.argv[1]))

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alignx.config import parse_config
 from alignx.data.collate import collate
 from alignx.data.instructions import TrainExample, encode_examples, translation_instruction
 from alignx.model.losses import span_mean
-from alignx.records import read_log
-from alignx.train.stages import bootstrap_base_model, train_stage1
-from tests.train.shards import tatoeba_pairs, write_shards
+from alignx.profiles import parse_config
+from alignx.train.training_stages import bootstrap_base_model, train_stage1
+from alignx.training_records import read_log
+from tests.train.tatoeba_shards import tatoeba_pairs, write_shards
 
 LANGS = ["de", "es", "fr", "ru"]
 ALIGN_LAYER = 2

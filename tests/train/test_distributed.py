@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from alignx.artefacts import read_marker, verify_artefact
-from alignx.config import parse_config
-from alignx.records import read_log
-from alignx.train.stages import train_stage1, work_dir_for
+from alignx.profiles import parse_config
+from alignx.train.training_stages import train_stage1, work_dir_for
+from alignx.training_records import read_log
 from tests.train.tiny import LANGS
 
 

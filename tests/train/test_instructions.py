@@ -10,7 +10,7 @@ from alignx.data.instructions import (
     PROMPT_TEMPLATE, TrainExample, cap_pairs_per_language, encode_example, encode_examples, encode_rows,
     translation_instruction, translation_rows,
 )
-from tests.train.shards import tatoeba_pairs
+from tests.train.tatoeba_shards import tatoeba_pairs
 from tests.train.tiny import byte_level_tokenizer
 
 TEXTS = [("de", "Ich bin müde, aber glücklich."), ("ru", "Это мой дом."), ("zh", "我今天很忙。"),

@@ -10,9 +10,9 @@ from alignx.config import TrainConfig
 from alignx.data.instructions import encode_rows, translation_rows
 from alignx.data.schema import read_split
 from alignx.model.alignx_model import AlignXModel
-from alignx.records import read_log
 from alignx.train.checkpoint import CHECKPOINT_DIR
 from alignx.train.loop import make_scheduler, train
+from alignx.training_records import read_log
 from tests.train.tiny import save_model, tiny_causal_lm
 
 LANGS = ["en", "de", "fr", "ru", "zh"]

@@ -11,9 +11,9 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from alignx.config import parse_config
 from alignx.model.alignx_model import AlignXModel
-from alignx.train.stages import train_stage1
+from alignx.profiles import parse_config
+from alignx.train.training_stages import train_stage1
 from tests.train.tiny import LANGS
 
 R = 4

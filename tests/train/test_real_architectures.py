@@ -21,7 +21,6 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignx.artefacts import Artefact
-from alignx.config import parse_config
 from alignx.data.collate import collate
 from alignx.data.instructions import encode_rows, translation_rows
 from alignx.data.schema import read_split
@@ -30,8 +29,9 @@ from alignx.eval.loglik import EncodedRequest, LoglikelihoodScorer
 from alignx.eval.runner import evaluate_model
 from alignx.model.alignx_model import AlignXModel, position_ids_from_mask
 from alignx.model.losses import span_mean
-from alignx.train import stages
-from alignx.records import read_log
+from alignx.profiles import parse_config
+from alignx.train import training_stages
+from alignx.training_records import read_log
 from tests.eval.test_alignment import lm_head_forbidden
 from tests.train.real_arch import FAMILIES, Family, build_base
 from tests.train.tiny import LANGS
@@ -73,7 +73,7 @@ def run(request, mirror, shards, tmp_path_factory) -> FamilyRun:
     cfg = _cfg(tmp)
     base, base_tokenizer = build_base(mirror, family, tmp / "base")
     loaded = []
-    load = stages._load
+    load = training_stages._load
 
     def keep_model(model: str):  # the stage's own model object, to compare with what it saved
         tokenizer, lm = load(model)
@@ -81,9 +81,9 @@ def run(request, mirror, shards, tmp_path_factory) -> FamilyRun:
         return tokenizer, lm
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stages, "_load", keep_model)
-        s1 = stages.train_stage1(str(base), shards, cfg, tmp / "stage1")
-        s2 = stages.train_stage2(s1.path, shards, cfg, tmp / "stage2")
+        patch.setattr(training_stages, "_load", keep_model)
+        s1 = training_stages.train_stage1(str(base), shards, cfg, tmp / "stage1")
+        s2 = training_stages.train_stage2(s1.path, shards, cfg, tmp / "stage2")
     evaluation = evaluate_model(s2.path, cfg, tmp / "eval")
     tokenizer = AutoTokenizer.from_pretrained(s2.path)
     return FamilyRun(family, cfg, base, s1, s2, evaluation, {"stage1": loaded[0], "stage2": loaded[1]},

@@ -15,15 +15,15 @@ import pytest
 from safetensors.torch import load_file
 
 from alignx.artefacts import read_marker, verify_artefact
-from alignx.config import parse_config
+from alignx.profiles import parse_config
 from prefect import flow
 
 from alignx import launch as launcher
 from alignx.artefacts import Artefact
 from alignx.launch import WorkersLost, launch
-from alignx.records import read_log, read_run_record
 from alignx.train.checkpoint import CHECKPOINT_DIR
-from alignx.train.stages import train_stage1, work_dir_for
+from alignx.train.training_stages import train_stage1, work_dir_for
+from alignx.training_records import read_log, read_run_record
 from alignx.watchdog import children_of
 from tasks import train as train_tasks
 from tasks.caching import task_key

@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from alignx.config import TokenizerSpec
 from alignx.data.instructions import PROMPT_TEMPLATE
 from alignx.model.bootstrap import template_sentences, train_tokenizer
-from tests.train.shards import tatoeba_pairs
+from tests.train.tatoeba_shards import tatoeba_pairs
 
 LANGS = ("de", "fr", "ru", "zh")
 

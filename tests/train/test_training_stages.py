@@ -9,10 +9,11 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignx.artefacts import verify_artefact
-from alignx.config import ConfigError, InstructionSource, parse_config
+from alignx.config import ConfigError, InstructionSource
 from alignx.model.alignx_model import LAM_HEAD_FILE
-from alignx.records import read_log
-from alignx.train.stages import train_stage1, train_stage2, work_dir_for
+from alignx.profiles import parse_config
+from alignx.train.training_stages import train_stage1, train_stage2, work_dir_for
+from alignx.training_records import read_log
 from tests.train.tiny import LANGS, save_model, tiny_causal_lm
 
 
@@ -93,7 +94,7 @@ def test_stage2_masks_the_prompt_unless_told_otherwise(tmp_path):
 
 
 def test_run_record_is_read_whole_or_refused_naming_the_file(tmp_path):
-    from alignx.records import RUN_RECORD, read_run_record
+    from alignx.training_records import RUN_RECORD, read_run_record
 
     assert read_run_record(tmp_path) == {}  # a model no stage of ours wrote
     (tmp_path / RUN_RECORD).write_text('{"stage": "stage1", "align_layer": 2}', encoding="utf-8")

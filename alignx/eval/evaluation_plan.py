@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignx.artefacts import file_digest
-from alignx.config import REPO_ROOT, PipelineConfig, fingerprint
+from alignx.artefacts import file_digest, fingerprint
+from alignx.config import REPO_ROOT, PipelineConfig
 from alignx.eval import alignment as align
 from alignx.eval.benchmarks import TASKS_DIR, BenchmarkSpec, validate_benchmarks
 from alignx.eval.sources import BenchmarkDataError, read_documents, source_files

@@ -20,19 +20,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, read_marker, write_marker
-from alignx.config import ConfigError, PipelineConfig, fingerprint
+from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, fingerprint, read_marker, write_marker
+from alignx.config import ConfigError, PipelineConfig
 from alignx.data.filtering import FilterJob, filter_language_pair, rows_of
 from alignx.data.filters import REASONS, ControlCharError
 from alignx.data.langid import prepare_model
+from alignx.data.readers.pair_reader import PairReader, SourceError
 from alignx.data.schema import PAIR_SCHEMA, pair_id
 from alignx.data.shards import write_shard_set
-from alignx.data.sources import PairReader, SourceError, open_source, source_inputs_fingerprint
+from alignx.data.source_catalogue import open_source, source_inputs_fingerprint
 from alignx.mirror import DataUnavailableError, resolve_mirror
+from alignx.progress import Progress
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int, str], None]
 REPORT = "report.json"
 # Below these sizes starting worker processes (about 0.5 s of imports each) costs more than it saves;
 # reading is cheap next to language ID, so collect needs far more pairs to gain from a second core.
@@ -43,7 +44,7 @@ TOP_MISLABELS = 3
 
 
 # ---------------------------------------------------------------- collect
-def source_fingerprint(source: str, cfg: PipelineConfig) -> str:
+def data_source_fingerprint(source: str, cfg: PipelineConfig) -> str:
     """Fingerprint of what ``collect_source`` would read: the catalogue entry and its files' contents."""
     reader = open_source(source, resolve_mirror(cfg.data_mirror))
     return source_inputs_fingerprint(reader, reader.pairs(cfg.pivot, cfg.languages))

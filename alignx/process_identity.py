@@ -1,4 +1,5 @@
-"""Who holds something, and whether they are still alive: the identity a lock or a temporary file records.
+"""Who holds something, and whether they are still alive: the identity a lock or a temporary file records,
+read from the process table (``/proc``) of this host.
 
 A holder is a process on a host. On this host a dead holder is certain: its process id is gone, is a
 zombie, belongs to a process started later (the id was reused), or the machine has rebooted since.
@@ -20,17 +21,33 @@ def _boot_id() -> str:
         return ""
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (Linux), None when unknown or gone."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (Linux; ``proc(5)`` fields 3 on: state,
+    parent pid, ...), None when unknown or gone. The one reader of a process's stat in the library."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the command name may hold spaces and parentheses: fields start after the last ')'
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):  # zombie or dead: exited, not yet reaped
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (Linux), None when unknown or gone."""
+    fields = proc_stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):  # zombie or dead: exited, not yet reaped
         return None
     return int(fields[19])
+
+
+def parent_pids() -> dict[int, int]:
+    """Every process on this host with its parent (Linux): {pid: parent pid}."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = proc_stat(int(entry.name))
+        if fields is not None:
+            parents[int(entry.name)] = int(fields[1])
+    return parents
 
 
 @dataclass(frozen=True)

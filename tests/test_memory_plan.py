@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
+from alignx.config import REPO_ROOT, LoraConfig, TrainConfig
+from alignx.memory_plan import base_model_shape, estimate, gguf_shape, plan, published_shape, shape_from_config
+from alignx.model.model_catalogue import BaseModelError, load_catalogue
+from alignx.profiles import load_profile
 from bench.memory_probe import BATCH, MODELS, SEQ, probe_command
-from alignx.config import REPO_ROOT, LoraConfig, TrainConfig, load_profile
-from alignx.model.base_models import BaseModelError, load_catalogue
-from alignx.plan import base_model_shape, estimate, gguf_shape, plan, published_shape, shape_from_config
+from flows.cli import main
+
 
 @pytest.fixture(scope="module", autouse=True)
 def probe(request):
@@ -176,8 +178,9 @@ def test_a_stage_that_cannot_fit_is_refused_before_it_starts(tmp_path):
     """The launcher's check (run on a CUDA machine before any process starts) against a small GPU."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alignx.config import ConfigError, parse_config
+    from alignx.config import ConfigError
     from alignx.launch import check_fits
+    from alignx.profiles import parse_config
 
     model = tmp_path / "model"
     LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -194,9 +197,9 @@ def test_a_stage_over_the_reserve_but_within_the_gpu_only_warns(tmp_path, caplog
     """The plan is an estimate: between the reserve line and the whole GPU the stage starts, with a warning."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alignx.config import parse_config
     from alignx.launch import check_fits
-    from alignx.plan import base_model_shape
+    from alignx.memory_plan import base_model_shape
+    from alignx.profiles import parse_config
 
     model = tmp_path / "model"
     LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from alignx.artefacts import file_digest, verify_artefact, write_marker
-from alignx.data import stages
+from alignx.data import data_stages
 from alignx.data.filters import REASONS
 from alignx.data.schema import PAIR_SCHEMA
 from tests.data.conftest import make_config
@@ -21,7 +21,7 @@ from tests.data.conftest import make_config
 def collected(small_mirror, tmp_path):
     cfg = make_config(small_mirror, tmp_path / "run", sources=["tatoeba", "ntrex128"], max_pairs_per_pair=250)
     calls = []
-    raw = [stages.collect_source(s, cfg, tmp_path / "run", progress=lambda *a: calls.append(a))
+    raw = [data_stages.collect_source(s, cfg, tmp_path / "run", progress=lambda *a: calls.append(a))
            for s in cfg.data.sources]
     return cfg, raw, calls
 
@@ -43,7 +43,7 @@ def test_collect_writes_raw_pairs_per_language_pair(collected, tmp_path):
 def test_filter_and_shard_end_to_end(collected, tmp_path):
     cfg, raw, _ = collected
     progress = []
-    filtered = stages.filter_pairs(raw, cfg, tmp_path / "run", progress=lambda *a: progress.append(a))
+    filtered = data_stages.filter_pairs(raw, cfg, tmp_path / "run", progress=lambda *a: progress.append(a))
     assert filtered.kind == "filtered" and verify_artefact(filtered)
     assert Path(filtered.path).parent == tmp_path / "run" / "filtered"
     report = json.loads((Path(filtered.path) / "report.json").read_text())
@@ -54,15 +54,15 @@ def test_filter_and_shard_end_to_end(collected, tmp_path):
     assert report["languages"]["sw"] == {"lid": "off"}
     assert report["languages"]["zh"]["retention"] > 0.95 and report["warnings"] == []
     assert progress[-1][0] == progress[-1][1] == 1500
-    rows = stages.summary_table(filtered)
+    rows = data_stages.summary_table(filtered)
     assert [r["pair"] for r in rows] == ["en-de", "en-sw", "en-zh", "all"]
     assert set(rows[0]) == {"pair", "in", "kept", *REASONS, "warning"} and {r["warning"] for r in rows} == {""}
-    assert rows[-1]["in"] == 1500 and rows == stages.summary_table(report) == stages.summary_table(filtered.path)
+    assert rows[-1]["in"] == 1500 and rows == data_stages.summary_table(report) == data_stages.summary_table(filtered.path)
     kept = pq.read_table(Path(filtered.path) / "en-zh.parquet")
     assert kept.num_rows == report["pairs"]["en-zh"]["kept"]
     assert all(0 < s <= 1 for s in kept.column("tgt_lid").to_pylist())
 
-    shards = stages.write_shards(filtered, cfg, tmp_path / "run")
+    shards = data_stages.write_shards(filtered, cfg, tmp_path / "run")
     assert shards.kind == "shards" and verify_artefact(shards) and shards.meta["filtered"] == filtered.path
     assert sum(shards.meta["rows"].values()) == report["totals"]["kept"]
 
@@ -72,8 +72,8 @@ def test_dedup_works_across_sources(collected, tmp_path):
     copy = tmp_path / "run" / "raw" / "tatoeba_copy"
     shutil.copytree(tatoeba.path, copy, ignore=shutil.ignore_patterns("_artefact.json"))
     again = write_marker(copy, "raw", {"source": "tatoeba_copy", "pairs": tatoeba.meta["pairs"]})
-    once = json.loads((Path(stages.filter_pairs([tatoeba], cfg, tmp_path / "run").path) / "report.json").read_text())
-    twice = json.loads((Path(stages.filter_pairs([tatoeba, again], cfg, tmp_path / "run").path)
+    once = json.loads((Path(data_stages.filter_pairs([tatoeba], cfg, tmp_path / "run").path) / "report.json").read_text())
+    twice = json.loads((Path(data_stages.filter_pairs([tatoeba, again], cfg, tmp_path / "run").path)
                         / "report.json").read_text())
     for pair, counts in once["pairs"].items():
         assert twice["pairs"][pair]["kept"] == counts["kept"]
@@ -84,17 +84,17 @@ def test_dedup_works_across_sources(collected, tmp_path):
 
 def test_output_dir_depends_on_config_and_parallel_equals_serial(collected, tmp_path, monkeypatch):
     cfg, raw, _ = collected
-    serial = stages.filter_pairs(raw, cfg, tmp_path / "run")
-    other = stages.filter_pairs(raw, cfg.model_copy(update={"data": cfg.data.model_copy(
+    serial = data_stages.filter_pairs(raw, cfg, tmp_path / "run")
+    other = data_stages.filter_pairs(raw, cfg.model_copy(update={"data": cfg.data.model_copy(
         update={"filters": cfg.data.filters.model_copy(update={"max_chars": 40})})}), tmp_path / "run")
     assert other.path != serial.path and Path(serial.path).is_dir() and Path(other.path).is_dir()
     assert sum(r["too_long"] for r in other.meta["counts"][:-1]) > 0
-    monkeypatch.setattr(stages, "PARALLEL_MIN_ROWS", 0)
-    monkeypatch.setattr(stages, "COLLECT_PARALLEL_MIN_PAIRS", 0)
+    monkeypatch.setattr(data_stages, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(data_stages, "COLLECT_PARALLEL_MIN_PAIRS", 0)
     two = cfg.model_copy(update={"data": cfg.data.model_copy(update={"workers": 2})})
-    raw2 = [stages.collect_source(s, two, tmp_path / "run2") for s in cfg.data.sources]
+    raw2 = [data_stages.collect_source(s, two, tmp_path / "run2") for s in cfg.data.sources]
     assert [r.fingerprint for r in raw2] == [r.fingerprint for r in raw]
-    parallel = stages.filter_pairs(raw2, two, tmp_path / "run2")
+    parallel = data_stages.filter_pairs(raw2, two, tmp_path / "run2")
     for f in sorted(Path(serial.path).glob("*.parquet")):
         assert file_digest(f) == file_digest(Path(parallel.path) / f.name)
     assert parallel.fingerprint == serial.fingerprint
@@ -103,8 +103,8 @@ def test_output_dir_depends_on_config_and_parallel_equals_serial(collected, tmp_
 def test_retention_below_floor_warns_with_top_mislabels(collected, small_mirror, tmp_path, caplog):
     _, raw, _ = collected
     strict = make_config(small_mirror, tmp_path / "run", langid={"policies": {"zh": {"labels": ["ko"], "top_k": 1}}})
-    with caplog.at_level(logging.WARNING, logger="alignx.data.stages"):
-        filtered = stages.filter_pairs(raw, strict, tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="alignx.data.data_stages"):
+        filtered = data_stages.filter_pairs(raw, strict, tmp_path / "run")
     warning, empty = filtered.meta["warnings"]
     assert warning.startswith("language zh: language ID kept 0.0% of") and "top mislabels: zh (" in warning
     assert empty == "pair en-zh: no pairs kept of 500 read; rejected: wrong_language 500"
@@ -112,18 +112,18 @@ def test_retention_below_floor_warns_with_top_mislabels(collected, small_mirror,
     assert filtered.meta["retention"]["zh"] == 0.0 and filtered.meta["retention"]["de"] > 0.95
 
 
-def test_source_fingerprint_follows_file_contents(small_mirror, tmp_path):
+def test_data_source_fingerprint_follows_file_contents(small_mirror, tmp_path):
     cfg = make_config(small_mirror, tmp_path / "run")
-    before = stages.source_fingerprint("tatoeba", cfg)
-    assert before == stages.source_fingerprint("tatoeba", cfg)
-    ntrex_before = stages.source_fingerprint("ntrex128", cfg)
+    before = data_stages.data_source_fingerprint("tatoeba", cfg)
+    assert before == data_stages.data_source_fingerprint("tatoeba", cfg)
+    ntrex_before = data_stages.data_source_fingerprint("ntrex128", cfg)
     deu = small_mirror / "tatoeba" / "deu-eng" / "tatoeba.deu-eng.deu"
     deu.write_text(deu.read_text(encoding="utf-8").replace("Einstein", "Einstain", 1), encoding="utf-8")
-    assert stages.source_fingerprint("tatoeba", cfg) != before
-    assert stages.source_fingerprint("ntrex128", cfg) == ntrex_before
+    assert data_stages.data_source_fingerprint("tatoeba", cfg) != before
+    assert data_stages.data_source_fingerprint("ntrex128", cfg) == ntrex_before
 
 
 def test_a_source_without_the_languages_is_an_error(small_mirror, tmp_path):
     cfg = make_config(small_mirror, tmp_path / "run").model_copy(update={"languages": ["te"]})
     with pytest.raises(ValueError, match="source 'tatoeba' holds none of the pairs en-"):
-        stages.collect_source("tatoeba", cfg, tmp_path / "run")
+        data_stages.collect_source("tatoeba", cfg, tmp_path / "run")

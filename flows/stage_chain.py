@@ -25,19 +25,17 @@ from pydantic import BaseModel
 
 from alignx.artefacts import Artefact, atomic_write_text, verify_artefact
 from alignx.config import PipelineConfig
-from alignx.data import stages as data_stages
+from alignx.data import data_stages
+from alignx.stages_and_arms import STAGES
 from tasks import data as data_tasks
 from tasks import evaluate as eval_tasks
 from tasks import fingerprints
 from tasks import train as train_tasks
 from tasks.caching import run_verified
+from tasks.retries import NO_RETRY
 
-STAGE_DEPLOYMENTS = {
-    "bootstrap": "bootstrap/alignx-bootstrap",
-    "stage1": "stage1/alignx-stage1",
-    "stage2": "stage2/alignx-stage2",
-    "evaluate": "evaluate/alignx-evaluate",
-}
+# Each stage a pipeline can dispatch, by its deployment in prefect.yaml (``<flow name>/alignx-<stage>``).
+STAGE_DEPLOYMENTS = {stage: f"{stage}/alignx-{stage}" for stage in STAGES if stage != "data"}
 
 
 def run_data(cfg: PipelineConfig) -> Artefact:
@@ -119,7 +117,7 @@ class ArmRun(BaseModel):
 
 # No tags and no cache of its own: the stages it calls carry the ``gpu`` tag and their own cache keys,
 # so a slot is held only while a stage trains or evaluates, and a rerun re-verifies every artefact.
-@task(name="arm-chain", task_run_name="arm-chain-{arm}", cache_policy=NO_CACHE, retries=0)
+@task(name="arm-chain", task_run_name="arm-chain-{arm}", cache_policy=NO_CACHE, **NO_RETRY)
 def arm_chain(cfg: PipelineConfig, arm: str, base: Artefact, shards: Artefact, through: str) -> ArmRun:
     """One arm's stages in order, up to ``through`` (stage1, stage2 or evaluate): train, then evaluate."""
     # A task called from a task joins its caller's transaction and is committed (cached) only with it:
@@ -163,7 +161,7 @@ def dispatch_or_run(cfg: PipelineConfig, stage: str, inputs: dict[str, Artefact]
     return dispatch_stage(stage, cfg, inputs, arm, name)
 
 
-@task(name="dispatch-stage", retries=0)
+@task(name="dispatch-stage", **NO_RETRY)
 def dispatch_stage(stage: str, cfg: PipelineConfig, inputs: dict[str, Artefact], arm: str,
                    name: str | None = None) -> Artefact:
     """Run a stage as a child run of its deployment and return its artefact; fail with the child's message.
@@ -173,7 +171,7 @@ def dispatch_stage(stage: str, cfg: PipelineConfig, inputs: dict[str, Artefact],
     """
     params: dict[str, Any] = {
         "params": {"profile": cfg.name, "overrides": cfg.model_dump(mode="json", exclude={"name"}),
-                   **({"arm": arm} if stage in ("stage1", "stage2", "evaluate") else {})},  # bootstrap: no arm
+                   **({"arm": arm} if stage != "bootstrap" else {})},  # bootstrap: no arm
         "inputs": {k: v.model_dump(mode="json") for k, v in inputs.items()},
     }
     if name is not None:

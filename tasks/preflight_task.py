@@ -5,11 +5,12 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from alignx.config import PipelineConfig
 from alignx import preflight as checks
+from alignx.config import PipelineConfig
+from tasks.retries import NO_RETRY
 
 
-@task(name="preflight", cache_policy=NO_CACHE, retries=0)
+@task(name="preflight", cache_policy=NO_CACHE, **NO_RETRY)
 def preflight(cfg: PipelineConfig) -> None:
     """Every stage's input checks before any work (alignx.preflight); fails listing every problem."""
     checks.preflight(cfg)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from alignx.processes import process_state
+from alignx.distributed_run import process_state
 
 R = TypeVar("R")
 

@@ -10,15 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from alignx.config import ConfigError
-from alignx.data.sources import (
-    MissingSourceFile,
-    SourceError,
-    TableParams,
-    TableReader,
-    load_catalogue,
-    open_source,
-    read_aligned_files,
-)
+from alignx.data.readers.pair_reader import MissingSourceFile, SourceError, read_aligned_files
+from alignx.data.readers.table import TableParams, TableReader
+from alignx.data.source_catalogue import load_catalogue, open_source
 from alignx.languages import UnknownLanguageError
 from alignx.mirror import DataUnavailableError
 

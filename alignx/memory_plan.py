@@ -13,7 +13,7 @@ hidden-state list of ``output_hidden_states`` holds the layer inputs the graph k
 nothing. Gradient checkpointing keeps 4h per layer plus one layer.
 Gradients are counted resident through the step (true under accumulation; with accumulation 1 and
 ``zero_grad(set_to_none=True)`` the real peak is lower by up to the gradients). Measured against a
-real CPU training step in tests/test_plan.py.
+real CPU training step in tests/test_memory_plan.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from typing import Any, Literal
 import yaml
 
 from alignx.config import REPO_ROOT, LoraConfig, PipelineConfig, TrainConfig
-from alignx.model.base_models import BaseModelError, classify, load_catalogue, read_gguf_header
+from alignx.model.base_models import classify
+from alignx.model.gguf_conversion import read_gguf_header
+from alignx.model.model_catalogue import BaseModelError, load_catalogue
 
 SHAPES_FILE = REPO_ROOT / "data" / "model_shapes.yaml"
 RESERVED_FRACTION = 0.10  # of each GPU: CUDA context, NCCL buffers, allocator fragmentation

@@ -18,8 +18,8 @@ import pandas as pd
 from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from alignx.artefacts import Artefact, atomic_dir, read_marker, write_marker
-from alignx.config import ConfigError, PipelineConfig, TrainConfig, fingerprint
+from alignx.artefacts import Artefact, atomic_dir, fingerprint, read_marker, write_marker
+from alignx.config import ConfigError, PipelineConfig, TrainConfig
 from alignx.data.general_instructions import general_rows
 from alignx.data.instructions import cap_pairs_per_language, translation_rows
 from alignx.data.schema import read_split
@@ -29,11 +29,12 @@ from alignx.model.alignx_model import AlignXModel, CausalLMObjective, check_alig
 from alignx.model.bootstrap import (
     build_llama, packed_lm_examples, sample_sentences, template_sentences, train_tokenizer,
 )
+from alignx.distributed_run import process_state, written_once
 from alignx.model.lora import add_adapters, merged
-from alignx.records import RUN_RECORD, TRAIN_LOG, read_run_record
-from alignx.processes import process_state, written_once
-from alignx.train.loop import Progress, TrainResult, train
-from alignx.train.parallel import sub_state
+from alignx.progress import Progress
+from alignx.train.loop import TrainResult, train
+from alignx.train.parallel_strategies import sub_state
+from alignx.training_records import RUN_RECORD, TRAIN_LOG, read_run_record
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def _examples(tokenizer, rows: pd.DataFrame, max_length: int, languages: list[st
 def _finish(out_dir: Path, write, result: TrainResult, record: dict[str, Any]) -> Artefact:
     """Write the output dir atomically (model files via ``write``, log, run record), then the marker.
 
-    Under several processes only the main one writes (``alignx.processes.written_once``).
+    Under several processes only the main one writes (``alignx.distributed_run.written_once``).
     """
     out_dir = Path(out_dir)
 
@@ -209,7 +210,7 @@ def _trained(lm, result: TrainResult, adapters=None):
         return merged(adapters)
     if result.full_state is None:
         return lm
-    from alignx.model.base_models import plain_copy
+    from alignx.model.gguf_conversion import plain_copy
 
     return plain_copy(lm, "float32", state=sub_state(result.full_state, "lm."))
 
