@@ -1,19 +1,27 @@
 """Greedy generation in batches, and MGSM's answer extraction.
 
 Prompts are left-padded and sorted by length so a batch wastes little; a row stops at EOS or at the
-first of its stop strings, and the output is cut before that string (lm-eval's ``until``).
+first of its stop strings, and the output is cut before that string (lm-eval's ``until``). The default
+engine is ``alignx.eval.greedy`` (finished rows leave the batch, waiting prompts join it); ``engine="hf"``
+runs transformers' ``generate`` batch by batch. The two give the same tokens.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from alignx.eval.greedy import GreedyDecoder, StopStrings, logits_options
 from alignx.eval.loglik import model_max_length
-from alignx.eval.parallel import split_gather
+from alignx.eval.process_split import split_gather
+
+log = logging.getLogger(__name__)
+Engine = Literal["compact", "hf"]
 
 
 class _StopStrings(StoppingCriteria):
@@ -38,9 +46,14 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
 
 
 class GreedyGenerator:
-    """Greedy decoding of many prompts with one model, ``batch_size`` prompts at a time."""
+    """Greedy decoding of many prompts with one model, ``batch_size`` prompts at a time.
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 64):
+    ``engine``: "compact" (``alignx.eval.greedy.GreedyDecoder``: finished rows leave the batch, waiting
+    prompts join it) or "hf" (transformers' ``generate``, one batch at a time). A model whose generation
+    config changes greedy decoding (e.g. a repetition penalty) is decoded by "hf", which applies it.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 64, engine: Engine = "compact"):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -48,6 +61,12 @@ class GreedyGenerator:
         self.max_length = model_max_length(model, tokenizer)
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if engine not in get_args(Engine):
+            raise ValueError(f"unknown generation engine {engine!r}; known: {', '.join(get_args(Engine))}")
+        options = logits_options(model.generation_config) if engine == "compact" else []
+        if options:
+            log.warning("the generation config sets %s: decoding with transformers' generate", ", ".join(options))
+        self.engine: Engine = "hf" if options else engine
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids of text prompts with the tokenizer's default special tokens (as lm-eval does)."""
@@ -67,8 +86,22 @@ class GreedyGenerator:
     ) -> list[str]:
         room = max(self.max_length - self.max_new_tokens, 1)
         prompts = [list(p)[-room:] for p in prompts]  # left-truncate, as lm-eval does
+        if self.engine == "hf":
+            texts = self._generate_hf(prompts, until, progress)
+        else:
+            # generate(eos_token_id=...) replaces the generation config's EOS ids with the tokenizer's
+            eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+            stops = StopStrings(self.tokenizer, until)
+            decoder = GreedyDecoder(self.model, self.max_new_tokens, eos, self.pad_id, stops)
+            texts = self.tokenizer.batch_decode(decoder(prompts, self.batch_size, progress), skip_special_tokens=True)
+        return [cut_at_stops(text, until) for text in texts]
+
+    def _generate_hf(
+        self, prompts: list[list[int]], until: Sequence[str], progress: Callable[[int], None] | None
+    ) -> list[str]:
+        """transformers' ``generate`` over left-padded batches of prompts sorted by length."""
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        outputs: list[str] = [""] * len(prompts)
+        texts: list[str] = [""] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             width = max(len(prompts[i]) for i in batch)
@@ -83,12 +116,11 @@ class GreedyGenerator:
                 eos_token_id=self.tokenizer.eos_token_id,
                 stopping_criteria=StoppingCriteriaList([_StopStrings(self.tokenizer, until, width)]),
             )
-            texts = self.tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
-            for i, text in zip(batch, texts):
-                outputs[i] = cut_at_stops(text, until)
+            for i, text in zip(batch, self.tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)):
+                texts[i] = text
             if progress:
                 progress(len(batch))
-        return outputs
+        return texts
 
 
 # ---------------------------------------------------------------- MGSM answers
