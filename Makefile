@@ -35,7 +35,7 @@ browser:
 # Two test processes, one thread each (two torch threads per process on two cores thrash); a module
 # stays in one process, so its fixtures (a shared run root, a Prefect test server) are built once.
 test: $(STAMP) browser
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q --timeout=600 --durations=25 -n 2 --dist loadfile tests
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q --timeout=600 --durations=25 -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: $(STAMP)
 	$(PY) bench/data_throughput.py --pairs 200000

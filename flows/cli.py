@@ -241,6 +241,42 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _card_evaluations(args: argparse.Namespace) -> list[Path]:
+    from alignx.model.model_card import find_evaluations
+
+    if args.eval:
+        return [Path(e) for e in args.eval]
+    return find_evaluations(Path(args.model), Path(args.run_root) if args.run_root else None)
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    """Print (or write) a trained model's card with the metrics of the run's evaluations of it."""
+    from alignx.artefacts import atomic_write_text
+    from alignx.model.model_card import build_card
+
+    card = build_card(Path(args.model), _card_evaluations(args))
+    if args.out:
+        atomic_write_text(Path(args.out), card)
+        print(f"model card: {args.out}")
+    else:
+        print(card, end="")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Push a trained model folder and its rebuilt card to the Hugging Face hub (refused offline)."""
+    from alignx.model.publish import PublishError, check_publishable, publish
+
+    try:
+        check_publishable(Path(args.model), args.repo)  # before the evaluations are searched
+        url = publish(Path(args.model), args.repo, _card_evaluations(args), private=not args.public)
+    except PublishError as exc:
+        print(f"error: alignx publish: {exc}", file=sys.stderr)
+        return 2
+    print(f"published {args.model} to {args.repo}: {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignx", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -278,6 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", help="create pools and the gpu limit, register the deployments of prefect.yaml")
     p.add_argument("--gpu-slots", type=int, default=1, help="training stages allowed at once (one per GPU worker)")
     p.set_defaults(fn=cmd_deploy)
+    for name, fn, help_text in (("card", cmd_card, "a trained model's card (README.md) with its run's metrics"),
+                                ("publish", cmd_publish, "push a trained model folder and its card to the hub")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--model", required=True, help="a model folder a training stage wrote")
+        p.add_argument("--eval", action="append", default=[], metavar="DIR",
+                       help="an evaluation folder of this model (repeatable); default: every evaluation of it "
+                            "under the run root's eval/")
+        p.add_argument("--run-root", default=None, help="default: the model folder's grandparent")
+        if name == "card":
+            p.add_argument("--out", default=None, help="write the card here instead of printing it")
+        else:
+            p.add_argument("--repo", required=True, help="owner/name on the Hugging Face hub")
+            p.add_argument("--public", action="store_true", help="create the repository public (default: private)")
+        p.set_defaults(fn=fn)
     p = sub.add_parser("worker", help="start a process worker on a work pool")
     p.add_argument("--pool", default="alignx-cpu")
     p.set_defaults(fn=cmd_worker)

@@ -44,6 +44,11 @@ def prefect_api():
 
 
 def pytest_collection_modifyitems(config, items):
-    """The end-to-end test first: it is the longest file, so under ``-n 2 --dist loadfile`` one worker
-    runs it while the other works through the rest (started last, it would end the run alone)."""
-    items.sort(key=lambda item: 0 if "/e2e/" in str(item.fspath) else 1)
+    """The end-to-end test first, then the files marked slow, then the rest in their order: under
+    ``-n 2 --dist loadfile --no-loadscope-reorder`` one worker runs the longest file while the other works
+    through the rest, and short files fill the end (xdist's default reorder, by test count, would start
+    the single e2e test last, and it would end the run alone: 4 minutes of one idle core, measured)."""
+    def rank(item) -> int:
+        return 0 if "/e2e/" in str(item.fspath) else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)

@@ -49,6 +49,18 @@ def load_catalogue(path: Path = SOURCES_FILE) -> dict[str, tuple[type[PairReader
     return out
 
 
+def source_hub_id(name: str, catalogue: Path = SOURCES_FILE) -> str | None:
+    """The hub data set a catalogue source reads or falls back to (None: a mirror-only set, or no such source)."""
+    entry = load_catalogue(catalogue).get(name)
+    if entry is None:
+        return None
+    reader, params = entry
+    hub_params = getattr(params, "hub", None)
+    if hub_params is not None:
+        return hub_params.path
+    return params.path if reader.__name__ == "HubReader" else None
+
+
 def open_source(name: str, mirror: Path | None, catalogue: Path = SOURCES_FILE) -> PairReader:
     """The reader of one catalogue source; a mirror set missing from the mirror falls back to its hub entry."""
     entries = load_catalogue(catalogue)

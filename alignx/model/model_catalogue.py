@@ -36,6 +36,7 @@ class CatalogueEntry(BaseModel):
     assembled_name: str | None = None
     sha256: str
     licence: str
+    hub_id: str | None = None  # the model's repository on the Hugging Face hub (model cards name it as the base)
     chat_template: bool
     notes: str = ""
     num_layers: int
@@ -62,6 +63,11 @@ def load_catalogue(path: Path = CATALOGUE_FILE) -> dict[str, CatalogueEntry]:
     """The model catalogue by name."""
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     return {e["name"]: CatalogueEntry.model_validate(e) for e in raw.get("models", [])}
+
+
+def catalogue_entry(name: str, path: Path = CATALOGUE_FILE) -> CatalogueEntry | None:
+    """The catalogue entry called ``name`` (None for any other model: a hub id or a folder)."""
+    return load_catalogue(path).get(name)
 
 
 def known_names(catalogue: dict[str, CatalogueEntry]) -> str:

@@ -34,6 +34,7 @@ from alignx.model.lora import add_adapters, merged
 from alignx.progress import Progress
 from alignx.train.loop import TrainResult, train
 from alignx.train.parallel_strategies import sub_state
+from alignx.model.model_card import write_card
 from alignx.training_records import RUN_RECORD, TRAIN_LOG, read_run_record
 
 log = logging.getLogger(__name__)
@@ -160,19 +161,21 @@ def _examples(tokenizer, rows: pd.DataFrame, max_length: int, languages: list[st
                               is_main=process_state().is_main_process)
 
 
-def _finish(out_dir: Path, write, result: TrainResult, record: dict[str, Any]) -> Artefact:
-    """Write the output dir atomically (model files via ``write``, log, run record), then the marker.
+def _finish(out_dir: Path, write, result: TrainResult, record: dict[str, Any], cfg: PipelineConfig) -> Artefact:
+    """Write the output dir atomically (model files via ``write``, log, run record, model card), then the marker.
 
     Under several processes only the main one writes (``alignx.distributed_run.written_once``).
     """
     out_dir = Path(out_dir)
 
     def write_output() -> None:
-        full = {**record, "steps": result.steps, "final": result.final, "resumed_from": result.resumed_from}
+        full = {**record, "steps": result.steps, "final": result.final, "resumed_from": result.resumed_from,
+                "profile": cfg.name, "data_sources": list(cfg.data.sources)}
         with atomic_dir(out_dir) as tmp:
             write(tmp)
             shutil.copyfile(result.log_path, tmp / TRAIN_LOG)
             (tmp / RUN_RECORD).write_text(json.dumps(full, indent=2, sort_keys=True, default=str), encoding="utf-8")
+            write_card(tmp, name=out_dir.name)
         write_marker(out_dir, "model", {"stage": full["stage"], "steps": result.steps, **result.final,
                                         **{k: full[k] for k in ("align_layer", "control") if k in full}})
         shutil.rmtree(work_dir_for(out_dir), ignore_errors=True)
@@ -252,7 +255,7 @@ def bootstrap_base_model(shards_dir: Path, cfg: PipelineConfig, out_dir: Path, p
     record = {"stage": "bootstrap", "config": boot.model_dump(mode="json"), "base_model": None,
               "align_layer": resolved["align_layer"],
               "languages": training_languages(cfg), "blocks": len(examples)}
-    return _finish(out_dir, write, result, record)
+    return _finish(out_dir, write, result, record, cfg)
 
 
 def train_stage1(
@@ -296,7 +299,7 @@ def train_stage1(
     record = {"stage": "stage1", "control": control, "config": s1.model_dump(mode="json"),
               "base_model": base_model, "align_layer": align_layer, "languages": languages,
               "examples": len(examples), "usable_examples": usable}
-    return _finish(out_dir, write, result, record)
+    return _finish(out_dir, write, result, record, cfg)
 
 
 def stage2_rows(shards_dir: Path, cfg: PipelineConfig) -> pd.DataFrame:
@@ -331,4 +334,4 @@ def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Pat
               "align_layer": _inherited_align_layer(model, cfg, resolved["num_layers"]),
               "languages": training_languages(cfg), "examples": len(examples),
               "mask_prompt": s2.train.mask_prompt}
-    return _finish(out_dir, write, result, record)
+    return _finish(out_dir, write, result, record, cfg)

@@ -1,8 +1,16 @@
-"""End-to-end driver, run in its own process by test_e2e.py: a real `prefect server`, a process worker,
-deployments from prefect.yaml, a failing pipeline run, its repair and a retry of the same flow run.
+"""End-to-end driver, run in its own process by the e2e tests: a real `prefect server`, a process worker and
+the deployments from prefect.yaml, then one part of the story:
 
+- ``ui``: the schedule survives a redeploy; the run form in a browser, a pipeline run that fails on a
+  broken benchmark file, its repair and Retry of the same flow run (tests/e2e/test_e2e_ui.py);
+- ``operations``: ``kill -9`` of a run in stage 1 and its Retry, then dispatch of the heavy stages to the
+  GPU pool's deployments (tests/e2e/test_e2e_operations.py).
+
+The two parts have their own server and run root, so the two test processes run them side by side.
 Prints one JSON object with what it observed; the test asserts on it. Every process it starts is
 stopped in ``finally`` by process id.
+
+    python tests/e2e/driver.py WORK MIRROR {ui,operations}
 """
 
 from __future__ import annotations
@@ -52,7 +60,9 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait(timeout=10)
 
 
-def main(work: Path, mirror: Path) -> dict:
+def main(work: Path, mirror: Path, part: str) -> dict:
+    if part not in ("ui", "operations"):
+        raise SystemExit(f"part must be 'ui' or 'operations', not {part!r}")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
@@ -84,8 +94,14 @@ def main(work: Path, mirror: Path) -> dict:
                                   stderr=subprocess.STDOUT, start_new_session=True)
 
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-        from prefect.deployments import run_deployment
+
+        if part == "operations":
+            out["crash"] = crash_then_retry(work, mirror, worker)
+            gpu_worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "alignx-gpu", "--type", "process"],
+                                          env=env, cwd=REPO, stdout=open(logs / "gpu-worker.log", "w"),
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+            out["dispatch"] = dispatch_to_deployments(work, mirror)
+            return out
 
         with get_client(sync_client=True) as client:
             deployments = client.read_deployments()
@@ -116,11 +132,6 @@ def main(work: Path, mirror: Path) -> dict:
             raise
         finally:
             browser.close()
-        out["crash"] = crash_then_retry(work, mirror, worker)
-        gpu_worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "alignx-gpu", "--type", "process"],
-                                      env=env, cwd=REPO, stdout=open(logs / "gpu-worker.log", "w"),
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        out["dispatch"] = dispatch_to_deployments(work, mirror)
         return out
     finally:
         stop(gpu_worker)
@@ -300,6 +311,20 @@ def dispatch_to_deployments(work: Path, mirror: Path) -> dict:
     return out
 
 
+def run_part(tmp_path: Path, mirror: Path, part: str, timeout: float) -> dict:
+    """Run one part of the story in a fresh process (its own PREFECT_* environment) on a copy of the
+    mirror's sets the smoke profile reads; the driver's JSON result, or an assertion with its output."""
+    from tests.flows.conftest import copy_mirror
+
+    local_mirror = copy_mirror(mirror, tmp_path / "mirror", ["deu-eng", "eng-zho", "eng-swa"], ["flores200", "xcopa", "mgsm"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "e2e" / "driver.py"), str(tmp_path), str(local_mirror), part],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("E2E-RESULT ")]
+    assert proc.returncode == 0 and lines, f"driver ({part}) failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(lines[-1][len("E2E-RESULT "):])
+
+
 if __name__ == "__main__":
-    result = main(Path(sys.argv[1]), Path(sys.argv[2]))
+    result = main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
     print("E2E-RESULT " + json.dumps(result))

@@ -127,3 +127,51 @@ def test_bad_parameters_are_rejected_before_work(env):
         state.result()
     assert "tau" in str(info.value) and "xx" in str(info.value)
     assert not (root / "bad").exists()
+
+
+def test_trained_models_carry_cards_and_publish_refuses_offline(env, capsys, monkeypatch):
+    """After the runs above: every trained folder has a card; ``alignx card`` rebuilds it with the metrics of
+    the run's evaluations of that folder (values as metrics.json has them, each inside its interval)."""
+    import yaml
+
+    from alignx.model.model_card import read_card
+    from flows.cli import main
+
+    root, _ = env
+    models = root / "run" / "models"
+    alignx = next(p for p in models.glob("alignx-stage2-*") if (p / "_artefact.json").is_file())
+    header, body = read_card(alignx / "README.md")  # written by the training stage, before any evaluation
+    record = json.loads((alignx / "alignx.json").read_text())
+    assert header["language"] == record["languages"] and {"en", "de", "zh"} <= set(header["language"]), header
+    assert header["license"] == "other" and "base_model" not in header, header  # bootstrapped: no base to inherit
+    assert record["profile"] == "smoke" and record["data_sources"] == ["tatoeba"], record
+    assert {"alignx", "stage1", "stage2"} <= set(header["tags"]) and "model-index" not in header, header
+    assert "| stage1 |" in body and "| stage2 |" in body and "Not evaluated yet" in body, body
+    control = next(p for p in models.glob("control-stage2-*") if (p / "_artefact.json").is_file())
+    assert "control" in read_card(control / "README.md")[0]["tags"]
+
+    out = root / "card.md"
+    assert main(["card", "--model", str(alignx), "--out", str(out)]) == 0
+    header, body = read_card(out)
+    docs = [json.loads(p.read_text()) for p in (root / "run" / "eval").glob("*/metrics.json")]
+    results = {}
+    for doc in docs:
+        if Path(doc["model"]["path"]).resolve() == alignx.resolve():
+            results.update(doc["results"])
+    assert results, "no evaluation of the AlignX model under the run root"
+    index = {r["dataset"]["name"]: {m["type"]: m for m in r["metrics"]} for r in header["model-index"][0]["results"]}
+    assert set(index) == set(results), (set(index), set(results))
+    for task, metrics in index.items():
+        for metric, entry in metrics.items():
+            assert entry["value"] == pytest.approx(results[task][metric], abs=1e-4), (task, metric)
+    chrf = index["flores_de-en"]["chrf_seg"]["name"]
+    lo, hi = (float(x) for x in re.search(r"95% CI \[([-\d.e]+), ([-\d.e]+)\]", chrf).groups())
+    assert lo <= results["flores_de-en"]["chrf_seg"] <= hi and lo < hi, chrf
+    assert "| flores_de-en | chrF++ (segment mean) |" in body
+    yaml.safe_load(out.read_text().split("---\n")[1])  # the header alone is valid YAML
+
+    capsys.readouterr()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["publish", "--model", str(alignx), "--repo", "someone/alignx-smoke"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "offline" in err[0] and "HF_HUB_OFFLINE" in err[0], err

@@ -22,6 +22,7 @@ from alignx.train.training_stages import bootstrap_base_model, train_stage1
 from alignx.training_records import read_log
 from tests.train.tatoeba_shards import tatoeba_pairs, write_shards
 
+pytestmark = pytest.mark.slow  # the arms fixture trains three models (about 2.5 min on one core)
 LANGS = ["de", "es", "fr", "ru"]
 ALIGN_LAYER = 2
 

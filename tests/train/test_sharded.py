@@ -29,6 +29,8 @@ from tasks import train as train_tasks
 from tasks.caching import task_key
 from tests.train.tiny import LANGS
 
+pytestmark = pytest.mark.slow  # two-process FSDP runs and a kill -9
+
 STEPS = 4
 
 
