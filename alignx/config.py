@@ -318,6 +318,23 @@ class EvalConfig(Section):
 
 
 # ---------------------------------------------------------------- pipeline
+class TrackingConfig(Section):
+    """Where training curves and evaluation metrics go besides the train log (alignx.tracking)."""
+
+    tensorboard: bool = True  # event files under <run root>/tracking/tensorboard/<profile>/<arm>-<stage>
+    mlflow_uri: str | None = None  # "file:/path/mlruns" or "http://server:5000"; needs MLflow (mlflow-skinny)
+    experiment: str | None = None  # the MLflow experiment; default: the profile's name
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _mlflow_installed(cls, uri: str | None) -> str | None:
+        import importlib.util
+
+        if uri and importlib.util.find_spec("mlflow") is None:
+            raise ValueError(f"{uri!r} needs MLflow, which is not installed: pip install mlflow-skinny")
+        return uri
+
+
 class PipelineConfig(Section):
     name: str
     run_root: str | None = None  # default data/runs/<name>
@@ -342,6 +359,7 @@ class PipelineConfig(Section):
     # CPU or device, in-process stages would otherwise share it (and its global RNG) by surprise.
     parallel_stages: int = Field(1, ge=1)
     launch: LaunchConfig = LaunchConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     _check_pivot = field_validator("pivot")(check_language_codes)
     _check_languages = field_validator("languages")(check_language_codes)

@@ -111,8 +111,22 @@ def evaluate_model(model_path: str, cfg: PipelineConfig, out_dir: Path, progress
                 (tmp / ITEMS_DIR / f"{task}.jsonl").write_text(lines, encoding="utf-8")
             atomic_write_json(tmp / METRICS_FILE, metrics_doc)
         write_marker(out_dir, "eval", {"metrics": str(out_dir / METRICS_FILE), "groups": metrics_doc["groups"]})
+        track_evaluation(cfg, out_dir.name, str(model_path), metrics_doc)
 
     return written_once(out_dir, write_output)
+
+
+def track_evaluation(cfg: PipelineConfig, name: str, model_path: str, doc: dict) -> None:
+    """The headline metrics (each group's means, and the align layer's alignment) as the tracked run
+    ``<profile>/eval-<name>``, beside the training curves."""
+    from alignx.tracking import Tracker
+
+    values = {f"{group}/{metric}": float(v) for group, metrics in doc["groups"].items()
+              for metric, v in metrics.items() if isinstance(v, (int, float))}
+    tracker = Tracker(cfg.tracking, cfg.resolved_run_root(), cfg.name, f"eval-{name}",
+                      {"model": model_path, "eval": doc["config"]["eval"], "languages": cfg.languages})
+    tracker.log(0, values)
+    tracker.close()
 
 
 def check_prompt_lengths(plan: EvalPlan, tokenizer, cfg: PipelineConfig, max_length: int) -> None:

@@ -12,8 +12,9 @@ import hashlib
 import json
 import logging
 import math
+import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from alignx.distributed_run import process_state
 from alignx.progress import Progress
 from alignx.train.checkpoint import truncate_log
 from alignx.train.parallel_strategies import Replicated, Sharded
+from alignx.tracking import curves
 from alignx.training_records import TRAIN_LOG, read_log
 
 log = logging.getLogger(__name__)
@@ -146,12 +148,15 @@ def train(
     run_key: str = "",
     progress: Progress | None = None,
     desc: str = "train",
+    track: Callable[[int], Any] | None = None,
 ) -> TrainResult:
     """Train ``objective`` on ``examples`` following ``cfg``; checkpoints and log go to ``work_dir``.
 
     ``objective.lm`` is the underlying causal LM (gradient checkpointing is switched on there).
     ``run_key`` names what else fixes the trajectory (data, base model, stage settings): a checkpoint
     in ``work_dir`` is resumed only when it was written under the same key and training settings.
+    ``track(start_step)`` opens the experiment tracker (``alignx.tracking``) the main process copies each
+    logged row to.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -189,49 +194,63 @@ def train(
     else:
         log_path.unlink(missing_ok=True)
 
+    tracker = track(start) if track is not None and accelerator.is_main_process else None
     strategy.model.train()
     bar = tqdm(total=steps, initial=start, desc=desc, disable=None if accelerator.is_main_process else True)
-    with log_path.open("a", encoding="utf-8") as log_file:
-        for step in range(start, steps):
-            started = time.perf_counter()
-            parts: list[dict[str, float]] = []
-            hashes: list[str] = []
-            tokens = 0
-            for micro in range(accum):
-                slot = (step * accum + micro) * world + accelerator.process_index
-                batch = collate([examples[i] for i in schedule[slot]], pad_id, cfg.padding_side, cfg.mask_prompt)
-                hashes.append(batch_fingerprint(batch["input_ids"]))
-                tokens += int(batch["attention_mask"].sum())
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                out = strategy.forward_backward(batch, last=micro == accum - 1, grad_clip=cfg.grad_clip)
-                parts.append(out.as_dict())
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            # the loss parts over the whole global batch (each process saw its own micro-batches)
-            local = {"tokens": tokens, **{k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}}
-            if world > 1:
-                means = accelerator.reduce(torch.tensor(list(local.values()), dtype=torch.float64,
-                                                        device=accelerator.device), reduction="mean")
-                local = dict(zip(local, means.tolist()))
-            metrics = local
-            tokens = round(metrics.pop("tokens") * world)  # the global batch's tokens (padding excluded)
-            record = {"step": step + 1, "lr": lr, **metrics, "step_s": round(time.perf_counter() - started, 4),
-                      "tokens": tokens, "batches": hashes}
-            if accelerator.device.type == "cuda":  # this process's peak since the run started
-                record["max_memory_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 3)
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k != "usable"})
-            if (step + 1) % cfg.log_every == 0:
-                log.info("%s step %d/%d %s", desc, step + 1, steps,
-                         " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+    try:
+        with log_path.open("a", encoding="utf-8") as log_file:
+            for step in range(start, steps):
+                started = time.perf_counter()
+                parts: list[dict[str, float]] = []
+                hashes: list[str] = []
+                tokens = 0
+                for micro in range(accum):
+                    slot = (step * accum + micro) * world + accelerator.process_index
+                    batch = collate([examples[i] for i in schedule[slot]], pad_id, cfg.padding_side, cfg.mask_prompt)
+                    hashes.append(batch_fingerprint(batch["input_ids"]))
+                    tokens += int(batch["attention_mask"].sum())
+                    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                    out = strategy.forward_backward(batch, last=micro == accum - 1, grad_clip=cfg.grad_clip)
+                    parts.append(out.as_dict())
+                lr = scheduler.get_last_lr()[0]
+                scheduler.step()
+                # the loss parts over the whole global batch (each process saw its own micro-batches)
+                local = {"tokens": tokens, **{k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}}
+                if world > 1:
+                    means = accelerator.reduce(torch.tensor(list(local.values()), dtype=torch.float64,
+                                                            device=accelerator.device), reduction="mean")
+                    local = dict(zip(local, means.tolist()))
+                metrics = local
+                tokens = round(metrics.pop("tokens") * world)  # the global batch's tokens (padding excluded)
+                record = {"step": step + 1, "lr": lr, **metrics, "step_s": round(time.perf_counter() - started, 4),
+                          "tokens": tokens, "batches": hashes}
+                if strategy.grad_norm is not None:  # before clipping, over the whole model
+                    record["grad_norm"] = strategy.grad_norm
+                if accelerator.device.type == "cuda":  # this process's peak since the run started
+                    record["max_memory_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 3)
+                else:
+                    record["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+                log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
-                strategy.save(work_dir, key, step + 1)
-            if progress is not None:
-                progress(step + 1, steps, metrics)
+                if tracker is not None:
+                    tracker.log(step + 1, curves(record))
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k != "usable"})
+                if (step + 1) % cfg.log_every == 0:
+                    log.info("%s step %d/%d %s", desc, step + 1, steps,
+                             " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+                    log_file.flush()
+                    strategy.save(work_dir, key, step + 1)
+                if progress is not None:
+                    progress(step + 1, steps, metrics)
+    except BaseException:
+        if tracker is not None:  # the run shows as failed, with the curves up to the failure
+            tracker.close(ok=False)
+        raise
     bar.close()
+    if tracker is not None:
+        tracker.close()
     accelerator.wait_for_everyone()
     full_state = strategy.full_state()
     records = read_log(log_path)

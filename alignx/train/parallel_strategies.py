@@ -26,6 +26,12 @@ from alignx.train.checkpoint import (
 OptimizerFactory = Callable[[list[nn.Parameter]], tuple[torch.optim.Optimizer, Any]]
 
 
+def _as_float(norm) -> float:
+    """A gradient norm as a float (a sharded model's is a DTensor: its full value)."""
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    return float(norm)
+
+
 def decoder_layers(lm: nn.Module) -> nn.ModuleList:
     """The decoder blocks of a transformers causal LM (Llama, Qwen3, Gemma 3: ``lm.model.layers``)."""
     inner = getattr(lm, "model", None)
@@ -41,6 +47,7 @@ class Replicated:
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
         self.model: nn.Module | None = None
+        self.grad_norm: float | None = None  # the last optimizer step's gradient norm, before clipping
 
     def setup(self, objective: nn.Module, make_optimizer: OptimizerFactory) -> tuple[torch.optim.Optimizer, Any]:
         optimizer, scheduler = make_optimizer([p for p in objective.parameters() if p.requires_grad])
@@ -56,8 +63,9 @@ class Replicated:
             with acc.autocast():
                 out = self.model(batch)
             acc.backward(out.loss)
-            if acc.sync_gradients and grad_clip > 0:
-                acc.clip_grad_norm_(self.model.parameters(), grad_clip)
+            if acc.sync_gradients:  # the norm is logged; clipping at inf only measures it
+                self.grad_norm = _as_float(acc.clip_grad_norm_(self.model.parameters(),
+                                                               grad_clip if grad_clip > 0 else float("inf")))
             self.optimizer.step()
             self.optimizer.zero_grad()
         return out
@@ -121,8 +129,8 @@ class Sharded(Replicated):
                 out = self.model(batch)
         (out.loss / self._accum).backward()
         if last:
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], grad_clip)
+            self.grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.grad is not None], grad_clip if grad_clip > 0 else float("inf")))
             self.optimizer.step()
             self.optimizer.zero_grad()
         return out

@@ -35,6 +35,7 @@ from alignx.progress import Progress
 from alignx.train.loop import TrainResult, train
 from alignx.train.parallel_strategies import sub_state
 from alignx.model.model_card import write_card
+from alignx.tracking import stage_tracker
 from alignx.training_records import RUN_RECORD, TRAIN_LOG, read_run_record
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,19 @@ def _examples(tokenizer, rows: pd.DataFrame, max_length: int, languages: list[st
                               is_main=process_state().is_main_process)
 
 
+def _tracker(cfg: PipelineConfig, stage: str, arm: str, stage_cfg: dict[str, Any], key: str):
+    """``train``'s tracker factory: the run ``<profile>/<arm>-<stage>``, opened at the step it starts from."""
+    return lambda start: stage_tracker(cfg, stage, arm, stage_cfg, key, start)
+
+
+def _arm_after(model: str) -> str:
+    """The arm a stage-2 run belongs to, from the model it starts from (sft: a base model)."""
+    record = read_run_record(Path(model)) if Path(model).is_dir() else {}
+    if record.get("stage") != "stage1":
+        return "sft"
+    return "control" if record.get("control") else "alignx"
+
+
 def _finish(out_dir: Path, write, result: TrainResult, record: dict[str, Any], cfg: PipelineConfig) -> Artefact:
     """Write the output dir atomically (model files via ``write``, log, run record, model card), then the marker.
 
@@ -246,7 +260,8 @@ def bootstrap_base_model(shards_dir: Path, cfg: PipelineConfig, out_dir: Path, p
     log.info("bootstrap: %d sentences -> %d packed blocks of %d tokens", len(sentences), len(examples),
              boot.train.max_length)
     result = train(CausalLMObjective(lm), examples, tokenizer.pad_token_id, boot.train, work, run_key=key,
-                   progress=progress, desc="bootstrap")
+                   progress=progress, desc="bootstrap",
+                   track=_tracker(cfg, "bootstrap", "base", boot.model_dump(mode="json"), key))
 
     def write(tmp: Path) -> None:
         _trained(lm, result).save_pretrained(tmp)
@@ -289,7 +304,8 @@ def train_stage1(
     key = fingerprint("stage1", _model_key(base_model), s1.model_dump(exclude={"train"}), control,
                       align_layer, languages, list(rows["example_id"]))
     result = train(objective, examples, tokenizer.pad_token_id, s1.train, work_dir_for(out_dir), run_key=key,
-                   progress=progress, desc="stage1-control" if control else "stage1")
+                   progress=progress, desc="stage1-control" if control else "stage1",
+                   track=_tracker(cfg, "stage1", "control" if control else "alignx", s1.model_dump(mode="json"), key))
 
     def write(tmp: Path) -> None:
         _trained(lm, result, adapters).save_pretrained(tmp)
@@ -324,7 +340,8 @@ def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Pat
     key = fingerprint("stage2", _model_key(model), s2.model_dump(exclude={"train"}), list(rows["example_id"]))
     adapters = add_adapters(lm, s2.train.lora) if s2.train.lora else None
     result = train(CausalLMObjective(lm), examples, tokenizer.pad_token_id, s2.train, work_dir_for(out_dir),
-                   run_key=key, progress=progress, desc="stage2")
+                   run_key=key, progress=progress, desc="stage2",
+                   track=_tracker(cfg, "stage2", _arm_after(model), s2.model_dump(mode="json"), key))
 
     def write(tmp: Path) -> None:
         _trained(lm, result, adapters).save_pretrained(tmp)

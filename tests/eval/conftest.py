@@ -88,7 +88,7 @@ def eval_config(tmp: Path, fixtures: Path, **eval_overrides):
         "bootstrap_resamples": 200,
     }
     ev.update(eval_overrides)
-    return parse_config({"name": "eval-test", "languages": ["de", "zh", "sw"], "eval": ev,
+    return parse_config({"name": "eval-test", "run_root": str(tmp / "run"), "languages": ["de", "zh", "sw"], "eval": ev,
                          "data": {"langid": {"cache_dir": str(tmp / "fasttext")}}})
 
 

@@ -147,3 +147,16 @@ def test_bfloat16_evaluation_is_configurable_and_close_to_float32(tmp_path, tiny
     want = np.array(ref["alignment"]["flores"]["prompt"]["zh"]["cos_gap"])
     assert got.shape == want.shape and not np.array_equal(got, want)  # it did run in another precision
     assert np.abs(got - want).max() < 0.05, (got, want)
+
+
+def test_headline_metrics_are_tracked_in_tensorboard(evaluated):
+    """The evaluation's group means land in TensorBoard as the run ``<profile>/eval-<folder>``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    art, _, cfg = evaluated
+    doc = json.loads((Path(art.path) / "metrics.json").read_text())
+    events = EventAccumulator(str(cfg.resolved_run_root() / "tracking" / "tensorboard" / "eval-test" / "eval-out")).Reload()
+    expected = {f"{g}/{m}": v for g, metrics in doc["groups"].items() for m, v in metrics.items()}
+    assert set(events.Tags()["scalars"]) == set(expected)
+    for tag, value in expected.items():
+        assert events.Scalars(tag)[0].value == pytest.approx(value, rel=1e-6, abs=1e-7), tag
