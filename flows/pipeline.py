@@ -8,6 +8,8 @@ retrying a failed run re-runs only the stages that did not complete. The arms' c
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -22,13 +24,27 @@ from tasks import preflight_task
 from tasks.caching import run_verified
 
 
+PLOT_EMBED_BYTES = 1_000_000  # a larger plot is named by its path, not embedded
+
+
 def report_artifact_markdown(meta: dict[str, Any]) -> str:
-    """The report artifact: where report.md and its plots are on the run root, then the report's tables."""
+    """The report artifact: where report.md is on the run root, the report's tables, then every plot as an
+    image inside the artifact (a data URI: a browser on any machine shows it without the worker's disk)."""
     head = [f"**Report:** `{meta.get('report', '')}`"]
     plots = meta.get("plots") or {}
-    if plots:
-        head.append("**Plots:**\n" + "\n".join(f"- {title}: `{path}`" for title, path in plots.items()))
-    return "\n\n".join(head) + "\n\n" + meta.get("markdown", "")
+    images = []
+    for title, path in plots.items():
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            images.append(f"- {title}: `{path}` (not readable here: {exc.strerror})")
+            continue
+        if len(data) > PLOT_EMBED_BYTES:
+            images.append(f"- {title}: `{path}` ({len(data) // 1024} KiB: too large to embed)")
+        else:
+            images.append(f"### {title}\n\n![{title}](data:image/png;base64,{base64.b64encode(data).decode()})")
+    body = "\n\n".join(head) + "\n\n" + meta.get("markdown", "")
+    return body + ("\n\n## Plots\n\n" + "\n\n".join(images) if images else "")
 
 
 @flow(name="pipeline", flow_run_name=flow_run_name("pipeline"))

@@ -203,6 +203,7 @@ def first_run_and_retry_in_the_ui(browser, work: Path, mirror: Path, out: dict) 
         out["report_excerpt"] = (report.data or "")[:2000] if report else ""
     ui["completed_page"] = browser.flow_run_page(run.id, "retried-run")[:3000]
     ui["report_page"] = browser.report_text(run.id)[:6000]
+    ui["report_images"] = browser.images
     return ui
 
 

@@ -41,3 +41,7 @@ def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     assert ui["form_parameters"]["params"]["profile"] == "smoke", ui["form_parameters"]
     assert "Failed" in ui["failed_page"] and "Completed" in ui["completed_page"], ui
     assert "alignx − control" in ui["report_page"] and "report.md" in ui["report_page"], ui["report_page"][:3000]
+    # the plots are in the artifact itself, each decoded by the browser (a teammate's machine sees them too)
+    plots = out["report_excerpt"].count("](data:image/png;base64,")
+    assert plots >= 3 and len(ui["report_images"]) >= plots, (plots, ui["report_images"])
+    assert all(width > 0 and src.startswith("data:image/png") for _, width, src in ui["report_images"]), ui["report_images"]

@@ -29,6 +29,8 @@ def chromium() -> str:
 class Browser:
     """One headless chromium page on a Prefect UI; ``shot(name)`` saves a numbered screenshot."""
 
+    images: list = []  # [alt, natural width, start of src] of the report artifact's images
+
     def __init__(self, base_url: str):
         from playwright.sync_api import sync_playwright
 
@@ -98,6 +100,10 @@ class Browser:
         page.get_by_text("alignx-report").first.click()
         page.get_by_text("Report:").first.wait_for()
         page.wait_for_timeout(1000)
+        # every plot is an image in the page itself: decoded (natural width > 0), not a path on the worker
+        page.wait_for_function("Array.from(document.images).filter(i => i.alt).every(i => i.complete)")
+        self.images = page.evaluate("Array.from(document.images).filter(i => i.alt)"
+                                    ".map(i => [i.alt, i.naturalWidth, i.src.slice(0, 22)])")
         self.shot("report-artifact")
         return page.inner_text("body")
 

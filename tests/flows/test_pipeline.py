@@ -175,3 +175,26 @@ def test_trained_models_carry_cards_and_publish_refuses_offline(env, capsys, mon
     assert main(["publish", "--model", str(alignx), "--repo", "someone/alignx-smoke"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "offline" in err[0] and "HF_HUB_OFFLINE" in err[0], err
+
+
+def test_report_artifact_embeds_every_plot(tmp_path):
+    """Plots travel inside the artifact as data URIs (the same bytes); one that cannot be read is named."""
+    import base64
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from flows.pipeline import report_artifact_markdown
+
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(tmp_path / "a.png")
+    plt.close(fig)
+    md = report_artifact_markdown({"report": "/r/report.md", "markdown": "## Tables\n",
+                                   "plots": {"curves": str(tmp_path / "a.png"), "gone": str(tmp_path / "gone.png")}})
+    encoded = re.search(r"!\[curves\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", md).group(1)
+    assert base64.b64decode(encoded) == (tmp_path / "a.png").read_bytes()
+    assert "gone.png" in md and "not readable here" in md and "![gone]" not in md
+    assert md.index("## Tables") < md.index("## Plots")
