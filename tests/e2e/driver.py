@@ -3,14 +3,15 @@ the deployments from prefect.yaml, then one part of the story:
 
 - ``ui``: the schedule survives a redeploy; the run form in a browser, a pipeline run that fails on a
   broken benchmark file, its repair and Retry of the same flow run (tests/e2e/test_e2e_ui.py);
-- ``operations``: ``kill -9`` of a run in stage 1 and its Retry, then dispatch of the heavy stages to the
-  GPU pool's deployments (tests/e2e/test_e2e_operations.py).
+- ``crash``: ``kill -9`` of a run in stage 1 and its Retry (tests/e2e/test_e2e_crash.py);
+- ``dispatch``: the heavy stages dispatched to the GPU pool's deployments, and a failing child
+  (tests/e2e/test_e2e_dispatch.py).
 
-The two parts have their own server and run root, so the two test processes run them side by side.
+Each part has its own PostgreSQL-backed server and run root, so the test processes run them side by side.
 Prints one JSON object with what it observed; the test asserts on it. Every process it starts is
 stopped in ``finally`` by process id.
 
-    python tests/e2e/driver.py WORK MIRROR {ui,operations}
+    python tests/e2e/driver.py WORK MIRROR {ui,crash,dispatch}
 """
 
 from __future__ import annotations
@@ -60,14 +61,68 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait(timeout=10)
 
 
+class Postgres:
+    """A private PostgreSQL cluster on loopback for the Prefect server, as a team runs it (Debian's server
+    binaries; the cluster's files in a temporary folder the ``postgres`` user owns, removed at ``stop``)."""
+
+    def __init__(self):
+        import pwd
+        import shutil
+        import tempfile
+
+        found = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None)
+        if not found:
+            raise RuntimeError("PostgreSQL server binaries not found (initdb): apt-get install postgresql "
+                               "(make test installs it)")
+        self.bin = Path(os.path.realpath(found)).parent
+        user = pwd.getpwnam("postgres")
+        self._ids = (user.pw_uid, user.pw_gid)
+        self.root = Path(tempfile.mkdtemp(prefix="alignx-e2e-pg-"))
+        os.chown(self.root, *self._ids)
+        self.data, self.port = self.root / "data", free_port()
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "start", "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off")
+        self.sql("CREATE DATABASE prefect")
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/prefect"
+
+    def _demote(self) -> None:
+        os.setgid(self._ids[1])
+        os.setuid(self._ids[0])
+
+    def _run(self, program: str, *args: str) -> str:
+        done = subprocess.run([str(self.bin / program), *args], preexec_fn=self._demote if os.geteuid() == 0 else None,
+                              capture_output=True, text=True, cwd=self.root, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr[-2000:]}")
+        return done.stdout
+
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        return self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
+                         "-tAc", statement).strip()
+
+    def stop(self) -> None:
+        import shutil
+
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
 def main(work: Path, mirror: Path, part: str) -> dict:
-    if part not in ("ui", "operations"):
-        raise SystemExit(f"part must be 'ui' or 'operations', not {part!r}")
+    if part not in ("ui", "crash", "dispatch"):
+        raise SystemExit(f"part must be 'ui', 'crash' or 'dispatch', not {part!r}")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
+    database = Postgres()
     env = {
         **os.environ,
+        "PREFECT_API_DATABASE_CONNECTION_URL": database.url,
+        # as a team runs it: each process its own Prefect home, the result storage (task results and
+        # cache records) on a path every worker reaches
         "PREFECT_HOME": str(work / "prefect-home"),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work / "shared-results"),
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
@@ -90,15 +145,17 @@ def main(work: Path, mirror: Path, part: str) -> dict:
         subprocess.run([str(BIN / "alignx"), "deploy"], env=env, check=True, cwd=REPO,
                        stdout=open(logs / "deploy.log", "w"), stderr=subprocess.STDOUT)
         worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "alignx-cpu", "--type", "process"],
-                                  env=env, cwd=REPO, stdout=open(logs / "worker.log", "w"),
+                                  env={**env, "PREFECT_HOME": str(work / "home-cpu-worker")}, cwd=REPO, stdout=open(logs / "worker.log", "w"),
                                   stderr=subprocess.STDOUT, start_new_session=True)
 
         from prefect.client.orchestration import get_client
 
-        if part == "operations":
+        if part == "crash":
             out["crash"] = crash_then_retry(work, mirror, worker)
+            return out
+        if part == "dispatch":
             gpu_worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "alignx-gpu", "--type", "process"],
-                                          env=env, cwd=REPO, stdout=open(logs / "gpu-worker.log", "w"),
+                                          env={**env, "PREFECT_HOME": str(work / "home-gpu-worker")}, cwd=REPO, stdout=open(logs / "gpu-worker.log", "w"),
                                           stderr=subprocess.STDOUT, start_new_session=True)
             out["dispatch"] = dispatch_to_deployments(work, mirror)
             return out
@@ -134,9 +191,15 @@ def main(work: Path, mirror: Path, part: str) -> dict:
             browser.close()
         return out
     finally:
+        try:  # what the server stored went to Postgres
+            out["database"] = {"flow_runs": int(database.sql("SELECT count(*) FROM flow_run", "prefect") or 0),
+                               "version": database.sql("SHOW server_version")}
+        except (RuntimeError, ValueError) as exc:
+            out["database"] = {"error": str(exc)[-500:]}
         stop(gpu_worker)
         stop(worker)
         stop(server)
+        database.stop()
         for name in ("server.log", "worker.log", "gpu-worker.log", "deploy.log"):
             path = logs / name
             if path.exists():
@@ -201,6 +264,7 @@ def first_run_and_retry_in_the_ui(browser, work: Path, mirror: Path, out: dict) 
         out["artifact_keys"] = sorted({a.key for a in artifacts if a.key})
         report = next((a for a in artifacts if a.key == "alignx-report"), None)
         out["report_excerpt"] = (report.data or "")[:2000] if report else ""
+        out["report_embedded_plots"] = (report.data or "").count("](data:image/png;base64,") if report else 0
     ui["completed_page"] = browser.flow_run_page(run.id, "retried-run")[:3000]
     ui["report_page"] = browser.report_text(run.id)[:6000]
     ui["report_images"] = browser.images

@@ -15,6 +15,8 @@ pytestmark = pytest.mark.e2e
 def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     out = run_part(tmp_path, mirror, "ui", timeout=560)
     tails = json.dumps(out.get("log_tails", {}))[-6000:]
+    # the server kept its state in PostgreSQL (a private cluster the driver started), not SQLite
+    assert out["database"].get("flow_runs", 0) >= 1 and out["database"]["version"], out["database"]
 
     assert {"pipeline/alignx-pipeline", "stage1/alignx-stage1", "stage2/alignx-stage2",
             "evaluate/alignx-evaluate", "data/alignx-data"} <= set(out["deployments"]), out["deployments"]
@@ -42,6 +44,6 @@ def test_pipeline_deployment_fails_then_retry_resumes(tmp_path, mirror):
     assert "Failed" in ui["failed_page"] and "Completed" in ui["completed_page"], ui
     assert "alignx − control" in ui["report_page"] and "report.md" in ui["report_page"], ui["report_page"][:3000]
     # the plots are in the artifact itself, each decoded by the browser (a teammate's machine sees them too)
-    plots = out["report_excerpt"].count("](data:image/png;base64,")
+    plots = out["report_embedded_plots"]
     assert plots >= 3 and len(ui["report_images"]) >= plots, (plots, ui["report_images"])
     assert all(width > 0 and src.startswith("data:image/png") for _, width, src in ui["report_images"]), ui["report_images"]
