@@ -277,6 +277,20 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Every profile key with its type, default and meaning (docs/profile-keys.md is this output)."""
+    from alignx.artefacts import atomic_write_text
+    from alignx.config_reference import reference_markdown
+
+    text = reference_markdown()
+    if args.out:
+        atomic_write_text(Path(args.out), text)
+        print(f"profile keys: {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignx", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--repo", required=True, help="owner/name on the Hugging Face hub")
             p.add_argument("--public", action="store_true", help="create the repository public (default: private)")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("keys", help="every profile key: type, default, meaning (docs/profile-keys.md)")
+    p.add_argument("--out", default=None, help="write the reference here instead of printing it")
+    p.set_defaults(fn=cmd_keys)
     p = sub.add_parser("worker", help="start a process worker on a work pool")
     p.add_argument("--pool", default="alignx-cpu")
     p.set_defaults(fn=cmd_worker)
