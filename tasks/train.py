@@ -35,13 +35,54 @@ def _with_oom_fallback(run: Callable[[PipelineConfig], Artefact], cfg: PipelineC
     try:
         return run(cfg)
     except Exception as exc:
-        if type(exc).__name__ != "OutOfMemoryError" or getattr(cfg, section).train.gradient_checkpointing:
+        if type(exc).__name__ != "OutOfMemoryError":
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if getattr(cfg, section).train.gradient_checkpointing:  # nothing left to fall back on: not transient
+            raise StageOutOfMemory(out_of_memory_answer(cfg, section, message)) from None
+    release_memory()
+    get_run_logger().warning("%s ran out of memory (%s); retrying with gradient checkpointing", section, message)
+    checkpointed = cfg.model_copy(update={section: getattr(cfg, section).model_copy(
+        update={"train": getattr(cfg, section).train.model_copy(update={"gradient_checkpointing": True})})})
+    try:
+        return run(checkpointed)
+    except Exception as exc:
+        if type(exc).__name__ != "OutOfMemoryError":
             raise
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     release_memory()
-    get_run_logger().warning("%s ran out of memory (%s); retrying with gradient checkpointing", section, message)
-    return run(cfg.model_copy(update={section: getattr(cfg, section).model_copy(
-        update={"train": getattr(cfg, section).train.model_copy(update={"gradient_checkpointing": True})})}))
+    raise StageOutOfMemory(out_of_memory_answer(checkpointed, section, message))
+
+
+class StageOutOfMemory(RuntimeError):
+    """A stage out of memory with activation checkpointing on: the same run again would fail the same way,
+    so it is not retried; the message gives the plan's figures and what to change."""
+
+
+def out_of_memory_answer(cfg: PipelineConfig, section: str, message: str) -> str:
+    """What failed, the memory plan's figures for this stage on these GPUs, and the changes that fit."""
+    from alignx.memory_plan import plan, usable_bytes
+
+    train = getattr(cfg, section).train
+    answer = (f"{section} ran out of memory with activation checkpointing on ({message}); retrying the same "
+              "run cannot fit")
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = torch.cuda.device_count()
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+            rows = [r for r in plan(cfg, gpus, gib) if r.stage == section and r.configured]
+            if rows:
+                est = rows[0].with_checkpointing or rows[0].estimate
+                answer += (f". The plan: {rows[0].strategy} on {gpus} GPU(s) of {gib:.0f} GiB needs "
+                           f"{est.total / 2**30:.1f} GiB per GPU of {usable_bytes(gib) / 2**30:.1f} usable "
+                           f"(alignx plan --profile {cfg.name} --gpus {gpus} --gpu-memory {gib:.0f})")
+    except Exception as exc:  # no shape for this model: the advice still holds
+        answer += f" (no memory plan: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return (answer + f". To fit: more GPUs (launch.processes, with {section}.train.sharding: fsdp), "
+            f"{section}.train.lora, or a smaller {section}.train.micro_batch_size (now {train.micro_batch_size}) "
+            f"with {section}.train.global_batch_size set to keep the global batch")
 
 
 def release_memory() -> None:
