@@ -15,7 +15,7 @@ from typing import Any
 from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, write_marker
 from alignx.config import PipelineConfig
 from alignx.eval import plots
-from alignx.eval.runner import ITEMS_DIR, METRICS_FILE
+from alignx.eval.eval_records import ITEMS_DIR, METRICS_FILE
 from alignx.eval.stats import excludes_zero, paired_bootstrap, stratified_paired_bootstrap
 from alignx.jsonl import iter_jsonl
 from alignx.training_records import read_log, read_run_record

@@ -22,6 +22,7 @@ from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, read_marke
 from alignx.config import PipelineConfig
 from alignx.data.instructions import encode_examples, translation_instruction
 from alignx.distributed_run import written_once
+from alignx.eval.eval_records import ITEMS_DIR, METRICS_FILE
 from alignx.eval import alignment as align
 from alignx.eval.evaluation_plan import EvalInputError, EvalPlan, benchmark_fingerprint, plan_evaluation
 from alignx.eval.generation import GreedyGenerator
@@ -36,8 +37,6 @@ __all__ = ["EvalInputError", "benchmark_fingerprint", "check_prompt_lengths", "e
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-ITEMS_DIR = "items"
 
 
 def eval_dtype(dtype: str, device: str) -> torch.dtype:

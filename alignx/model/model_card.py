@@ -18,14 +18,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from alignx.eval.eval_records import ITEMS_DIR, METRICS_FILE
 from alignx.eval.stats import paired_bootstrap
 from alignx.jsonl import iter_jsonl
 from alignx.model.gguf_conversion import RECORD_FILE
 from alignx.training_records import RUN_RECORD, TRAIN_LOG, read_log, read_run_record
 
 CARD_FILE = "README.md"
-METRICS_FILE = "metrics.json"  # what an evaluation folder holds (alignx.eval.runner writes it)
-ITEMS_DIR = "items"
 
 # Licences as the hub's `license:` field spells them; anything else is `other` with its name
 _HUB_LICENCES = {"apache-2.0": "apache-2.0", "mit": "mit", "llama3": "llama3", "llama3.1": "llama3.1",
