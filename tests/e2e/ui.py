@@ -105,6 +105,9 @@ class Browser:
         self.images = page.evaluate("Array.from(document.images).filter(i => i.alt)"
                                     ".map(i => [i.alt, i.naturalWidth, i.src.slice(0, 22)])")
         self.shot("report-artifact")
+        if self.images:  # the plots, as the browser shows them
+            page.locator("img[alt]").first.scroll_into_view_if_needed()
+            self.shot("report-plots")
         return page.inner_text("body")
 
     def flow_run_page(self, flow_run_id: Any, name: str) -> str:
