@@ -77,3 +77,30 @@ def test_an_mlflow_uri_without_mlflow_is_refused_with_the_fix(tmp_path, monkeypa
     with pytest.raises(Exception) as info:
         _cfg(tmp_path, "file:/tmp/nowhere")
     assert "tracking.mlflow_uri" in str(info.value) and "pip install mlflow-skinny" in str(info.value)
+
+
+def test_a_retried_stage_continues_its_mlflow_run_and_drops_the_dead_attempts_steps(tmp_path):
+    """Same key, second attempt: one MLflow run (not one per attempt); TensorBoard keeps the resumed steps once."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from alignx.tracking import Tracker
+
+    uri = (tmp_path / "mlruns").as_uri()
+    cfg = _cfg(tmp_path, uri)
+    first = Tracker(cfg.tracking, tmp_path / "run", "track", "alignx-stage1", {"a": 1}, key="k1")
+    for step in (1, 2, 3):
+        first.log(step, {"loss": 10.0 - step})
+    first.close(ok=False)  # the attempt died after step 3; its checkpoint was at step 2
+    again = Tracker(cfg.tracking, tmp_path / "run", "track", "alignx-stage1", {"a": 1}, key="k1", start_step=2)
+    for step in (3, 4):
+        again.log(step, {"loss": 5.0 - step})
+    again.close()
+    assert again.mlflow_run_id == first.mlflow_run_id
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(again.mlflow_run_id).info.status == "FINISHED"
+    other = Tracker(cfg.tracking, tmp_path / "run", "track", "control-stage1", {"a": 1}, key="k2")
+    other.close()
+    assert other.mlflow_run_id != first.mlflow_run_id
+    events = EventAccumulator(str(tmp_path / "run" / "tracking" / "tensorboard" / "track" / "alignx-stage1")).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 9.0), (2, 8.0), (3, 2.0), (4, 1.0)]
