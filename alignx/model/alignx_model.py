@@ -112,7 +112,7 @@ class AlignXModel(nn.Module):
         self, logits: Tensor, align_states: Tensor, final_states: Tensor, batch: dict[str, Tensor]
     ) -> LossParts:
         """The three losses from the logits and the two layers' states [B, T, d] of one batch."""
-        l_lm = lm_loss(logits, batch["labels"])
+        l_lm = lm_loss(logits, batch["labels"], batch.get("lm_denominator"))
         ok = batch["span_ok"]
         usable = int(ok.sum())
         src, tgt = batch["src_span"][ok], batch["tgt_span"][ok]
@@ -167,5 +167,5 @@ class CausalLMObjective(nn.Module):
             position_ids=position_ids_from_mask(batch["attention_mask"]),
             use_cache=False,
         )
-        loss = lm_loss(out.logits, batch["labels"])
+        loss = lm_loss(out.logits, batch["labels"], batch.get("lm_denominator"))
         return LossParts(loss, float(loss.detach()), 0.0, 0.0, 0)

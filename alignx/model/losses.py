@@ -12,11 +12,20 @@ from torch import Tensor, nn
 from alignx.data.collate import IGNORE_INDEX  # labels the collator masks; data never imports model
 
 
-def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Next-token cross-entropy, mean over the batch's predicted tokens (labels -100 are ignored).
+def target_tokens(labels: Tensor) -> Tensor:
+    """How many tokens ``lm_loss`` predicts in ``labels``: positions 1.. whose label is not -100."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum()
 
-    A batch without any target token (every response cut by the length limit under a masked prompt)
-    gives 0 with the graph kept, not NaN.
+
+def lm_loss(logits: Tensor, labels: Tensor, denominator: Tensor | float | None = None) -> Tensor:
+    """Next-token cross-entropy summed over the batch's predicted tokens (labels -100 are ignored),
+    divided by ``denominator``: by default the batch's own count of them (its mean).
+
+    The training loop passes the global batch's token count per micro-batch instead
+    (``alignx.train.loop``), so every token of an optimizer step weighs the same whatever the
+    micro-batch and process it falls in: micro-batches of uneven lengths give the gradient of one
+    big batch. A batch without any target token (every response cut by the length limit under a
+    masked prompt) gives 0 with the graph kept, not NaN.
 
     The labels are shifted, not the logits: position t predicts token t + 1 and the last position
     nothing (-100). Slicing ``logits[:, :-1]`` would make the flattening copy the whole [B, T, vocab]
@@ -26,7 +35,9 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     total = F.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum",
     )
-    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+    if denominator is None:
+        denominator = (targets != IGNORE_INDEX).sum().clamp(min=1)
+    return total / denominator
 
 
 def span_mean(hidden: Tensor, spans: Tensor, shift: int = 0) -> Tensor:

@@ -115,6 +115,7 @@ def save_sharded_checkpoint(work_dir: Path, run_key: str, step: int, model: torc
         tmp.mkdir(parents=True)
     state.wait_for_everyone()
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp))
+    torch.save(rng_state(), tmp / f"rng-rank{state.process_index}.pt")  # each process its own dropout stream
     state.wait_for_everyone()
     if state.is_main_process:
         torch.save({"run_key": run_key, "step": step, "scheduler": scheduler.state_dict(), "rng": rng_state()},
@@ -146,7 +147,10 @@ def load_sharded_checkpoint(work_dir: Path, run_key: str, model: torch.nn.Module
     dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(folder))
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    # this process's RNG streams; a resume on more processes than wrote the checkpoint starts the new
+    # ones from the main process's (only dropout draws from them)
+    own = folder / f"rng-rank{process_state().process_index}.pt"
+    set_rng_state(torch.load(own, map_location="cpu", weights_only=False) if own.is_file() else state["rng"])
     log.info("resuming from %s at step %d (sharded)", folder, state["step"])
     return Resumed(step=int(state["step"]))
 

@@ -30,6 +30,7 @@ from alignx.artefacts import fingerprint
 from alignx.config import TrainConfig
 from alignx.data.collate import TrainExample, collate, micro_batch_schedule
 from alignx.distributed_run import process_state
+from alignx.model.losses import target_tokens
 from alignx.progress import Progress
 from alignx.train.checkpoint import truncate_log
 from alignx.train.parallel_strategies import Replicated, Sharded
@@ -138,6 +139,24 @@ def batch_fingerprint(input_ids: torch.Tensor) -> str:
     return hashlib.blake2b(input_ids.cpu().numpy().tobytes(), digest_size=8).hexdigest()
 
 
+def lm_denominator(batches: list[dict[str, torch.Tensor]], accelerator: Accelerator, micro_batches: int) -> torch.Tensor:
+    """What each micro-batch divides its summed next-token loss by: the target tokens of the whole
+    global batch (every process's micro-batches of this step) over the number of micro-batches.
+
+    The strategies average the micro-batches' losses (over accumulation and over processes), so the
+    step's gradient is the loss summed over the global batch's tokens divided by their count: the
+    gradient of one batch of that size, whatever its split (1 process x 4 micro-batches, 2 x 2, 4 x 1),
+    and a short micro-batch weighs no more than its tokens. One process with one micro-batch per step
+    divides by its own count, the plain mean.
+    """
+    local = sum(int(target_tokens(b["labels"])) for b in batches)
+    total = local
+    if accelerator.num_processes > 1:
+        total = int(accelerator.reduce(torch.tensor([local], dtype=torch.float64, device=accelerator.device),
+                                       reduction="sum").item())
+    return torch.tensor(max(total, 1) / micro_batches, dtype=torch.float32, device=accelerator.device)
+
+
 def train(
     objective: nn.Module,
     examples: Sequence[TrainExample],
@@ -161,7 +180,7 @@ def train(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(cfg)
-    set_seed(cfg.seed)
+    set_seed(cfg.seed + accelerator.process_index)  # each process its own dropout; the batches follow the schedule
     steps = total_steps(cfg, len(examples), accelerator.num_processes)
     accum, world = accumulation_steps(cfg, accelerator.num_processes), accelerator.num_processes
     # The global batch fixes the trajectory (each step takes the same micro-batches, split over the
@@ -204,12 +223,14 @@ def train(
                 parts: list[dict[str, float]] = []
                 hashes: list[str] = []
                 tokens = 0
-                for micro in range(accum):
-                    slot = (step * accum + micro) * world + accelerator.process_index
-                    batch = collate([examples[i] for i in schedule[slot]], pad_id, cfg.padding_side, cfg.mask_prompt)
+                batches = [collate([examples[i] for i in schedule[(step * accum + micro) * world + accelerator.process_index]],
+                                   pad_id, cfg.padding_side, cfg.mask_prompt) for micro in range(accum)]
+                denominator = lm_denominator(batches, accelerator, accum * world)
+                for micro, batch in enumerate(batches):
                     hashes.append(batch_fingerprint(batch["input_ids"]))
                     tokens += int(batch["attention_mask"].sum())
                     batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                    batch["lm_denominator"] = denominator
                     out = strategy.forward_backward(batch, last=micro == accum - 1, grad_clip=cfg.grad_clip)
                     parts.append(out.as_dict())
                 lr = scheduler.get_last_lr()[0]

@@ -129,3 +129,40 @@ def test_global_batch_size_sets_accumulation_from_the_world_size():
     with pytest.raises(ValidationError, match="global_batch_size=100 is not a multiple of micro_batch_size=16"):
         TrainConfig(micro_batch_size=16, global_batch_size=100)
     assert accumulation_steps(TrainConfig(micro_batch_size=16, grad_accum=3), 8) == 3  # no global: as given
+
+
+def test_token_weighted_loss_gives_one_big_batch_whatever_the_split(dropout_llama_dir, examples, sp_tokenizer, tmp_path):
+    """The next-token loss is summed over the global batch's tokens and divided by their count: 1 x 8,
+    2 x 4 and 4 x 2 (micro-batches x accumulation) train the same trajectory on uneven lengths."""
+    from alignx.data.collate import collate, micro_batch_schedule
+    from alignx.model.alignx_model import CausalLMObjective
+    from alignx.model.losses import target_tokens
+
+    pad = sp_tokenizer.pad_token_id
+    base = TrainConfig(steps=3, lr=3e-3, warmup_steps=0, checkpoint_every=10, log_every=1, max_length=160,
+                       mask_prompt=True, mixed_precision="no", group_by_length=False)
+    lengths = [len(ex.encoded.input_ids) for ex in examples]
+    groups = [ex.group for ex in examples]
+    splits = {(8, 1): None, (2, 4): None, (4, 2): None}
+    for micro, accum in splits:
+        schedule = micro_batch_schedule(lengths, micro, 3 * accum, base.seed, base.group_by_length, groups)
+        steps = [sorted(i for b in schedule[s * accum:(s + 1) * accum] for i in b) for s in range(3)]
+        splits[micro, accum] = steps
+        if micro == 2:  # the split's micro-batches really differ in target tokens
+            counts = [int(target_tokens(collate([examples[i] for i in b], pad, "left", True)["labels"]))
+                      for b in schedule[:accum]]
+            assert len(set(counts)) > 1, counts
+    assert len({str(v) for v in splits.values()}) == 1  # every split takes the same examples per step
+
+    weights, losses = {}, {}
+    for micro, accum in splits:
+        torch.manual_seed(0)
+        model = CausalLMObjective(AutoModelForCausalLM.from_pretrained(dropout_llama_dir, attention_dropout=0.0))
+        done = train(model, examples, pad, base.model_copy(update={"micro_batch_size": micro, "grad_accum": accum}),
+                     tmp_path / f"{micro}x{accum}", run_key="k")
+        weights[micro, accum] = {k: v.clone() for k, v in model.state_dict().items()}
+        losses[micro, accum] = [r["lm"] for r in read_log(done.log_path)]
+    for split in ((2, 4), (4, 2)):
+        assert losses[split] == pytest.approx(losses[8, 1], abs=2e-5)
+        for name, value in weights[8, 1].items():
+            torch.testing.assert_close(weights[split][name], value, atol=2e-5, rtol=1e-4, msg=name)
