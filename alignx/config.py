@@ -192,6 +192,10 @@ class LaunchConfig(Section):
     """
 
     processes: Annotated[int, Field(ge=1)] | Literal["gpus"] = 1
+    # how long a collective waits for the slowest process before the group fails (NCCL's own default
+    # is 10 minutes): the gather of the final weights and the first checkpoint of a large model on a
+    # slow file system take longer than a training step
+    timeout_minutes: float = Field(30.0, gt=0)
 
 
 class ModelSpec(Section):

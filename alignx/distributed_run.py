@@ -16,13 +16,19 @@ from accelerate import PartialState
 from alignx.artefacts import Artefact, read_marker
 
 
-def process_state() -> PartialState:
+def process_state(timeout_minutes: float | None = None) -> PartialState:
     """This process's place in a distributed run (rank, world size), set up as the training loop does.
 
     On a machine without CUDA, accelerate forms a multi-process group only when asked for the CPU
     explicitly; a plain ``PartialState()`` created first would make every process rank 0 of 1.
+    ``timeout_minutes``: how long a collective waits for the slowest process before the group fails
+    (``launch.timeout_minutes``); only the first call, which creates the group, can set it.
     """
-    return PartialState(cpu=not torch.cuda.is_available())
+    if timeout_minutes is None:
+        return PartialState(cpu=not torch.cuda.is_available())
+    from datetime import timedelta
+
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(minutes=timeout_minutes))
 
 
 def written_once(out_dir: Path, write: Callable[[], object]) -> Artefact:

@@ -260,7 +260,9 @@ def train(
                 if (step + 1) % cfg.log_every == 0:
                     log.info("%s step %d/%d %s", desc, step + 1, steps,
                              " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-                if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+                last = step + 1 == steps  # a sharded run checkpoints its last step before the gather, so a
+                # group that fails while gathering or writing the weights resumes there instead of retraining
+                if ((step + 1) % cfg.checkpoint_every == 0 and not last) or (last and strategy.checkpoints_last_step):
                     log_file.flush()
                     strategy.save(work_dir, key, step + 1)
                 if progress is not None:

@@ -48,6 +48,7 @@ class Replicated:
         self.accelerator = accelerator
         self.model: nn.Module | None = None
         self.grad_norm: float | None = None  # the last optimizer step's gradient norm, before clipping
+        self.checkpoints_last_step = False  # whether the loop checkpoints the final step too
 
     def setup(self, objective: nn.Module, make_optimizer: OptimizerFactory) -> tuple[torch.optim.Optimizer, Any]:
         optimizer, scheduler = make_optimizer([p for p in objective.parameters() if p.requires_grad])
@@ -99,6 +100,7 @@ class Sharded(Replicated):
         super().__init__(accelerator)
         self.mixed_precision = mixed_precision
         self.distributed = accelerator.num_processes > 1
+        self.checkpoints_last_step = self.distributed  # the gather of the weights follows the last step
 
     def setup(self, objective: nn.Module, make_optimizer: OptimizerFactory) -> tuple[torch.optim.Optimizer, Any]:
         from torch.distributed.device_mesh import init_device_mesh
@@ -109,9 +111,15 @@ class Sharded(Replicated):
             policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                       if self.mixed_precision == "bf16" else MixedPrecisionPolicy())
             mesh = init_device_mesh(device.type, (self.accelerator.num_processes,))
+            main = self.accelerator.is_main_process
+            # the main process's weights, by reference (no copy): the only full copy of the group
+            full = dict(objective.state_dict()) if main else {}
+            buffers = {name: b for name, b in objective.named_buffers()} if main else {}
             for layer in decoder_layers(objective.lm):
                 fully_shard(layer, mesh=mesh, mp_policy=policy)
             fully_shard(objective, mesh=mesh, mp_policy=policy)  # embeddings, final norm, lm head, L_lam head
+            load_from_main(objective, full, buffers, device)
+            del full, buffers
         else:
             objective.to(device)
         self.model = objective
@@ -149,6 +157,28 @@ class Sharded(Replicated):
 
         state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return state if self.accelerator.is_main_process else None
+
+
+def load_from_main(model: nn.Module, full: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                   device: torch.device) -> None:
+    """Fill a sharded ``model`` on every process from the main process's full state dict ``full``.
+
+    The other processes built the model on the meta device (``alignx.train.training_stages``): they
+    hold no weights until here, so a group loads one model copy (the main process's) plus the shards,
+    not one copy per process. Their parameters are allocated, the main process sends each tensor and
+    every process keeps its shard (``broadcast_from_rank0``). Buffers outside the state dict (rotary
+    frequencies) follow from the main process the same way.
+    """
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        model.to_empty(device=device)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for name, buf in model.named_buffers():
+        if name in buffers:
+            buf.copy_(buffers[name].to(buf.device))
+        dist.broadcast(buf, src=0)
 
 
 def sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

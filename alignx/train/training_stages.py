@@ -139,14 +139,36 @@ def _pairs(shards_dir: Path, cfg: PipelineConfig) -> pd.DataFrame:
     return pairs[pairs["src_lang"].isin(langs) & pairs["tgt_lang"].isin(langs)].reset_index(drop=True)
 
 
-def _load(model: str):
-    """Tokenizer and float32 causal LM (optimizer states want float32 weights; autocast does the rest)."""
+def loads_on_meta(train_cfg: TrainConfig) -> bool:
+    """Whether this process builds its model without weights: under FSDP with several processes, every
+    process but the main one (the weights come from the main one's copy once sharded)."""
+    state = process_state()
+    return train_cfg.sharding == "fsdp" and state.num_processes > 1 and not state.is_main_process
+
+
+def load_lm(model: str, train_cfg: TrainConfig | None = None):
+    """The float32 causal LM of ``model``; built on the meta device, without weights, on a process that
+    ``loads_on_meta`` (``alignx.train.parallel_strategies.load_from_main`` fills its shards)."""
+    import torch
+
+    if train_cfg is not None and loads_on_meta(train_cfg):
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model), dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+
+
+def _load(model: str, train_cfg: TrainConfig | None = None):
+    """Tokenizer and float32 causal LM (optimizer states want float32 weights; autocast does the rest).
+
+    On a process that ``loads_on_meta`` the LM is built from its config on the meta device: no weights
+    are read or allocated there (``alignx.train.parallel_strategies.load_from_main`` fills its shards).
+    """
     import torch
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id serves
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    lm = load_lm(model, train_cfg)
     rows = lm.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:  # an id past the embedding fails deep in the forward pass otherwise
         raise ConfigError(f"for model {model}", [
@@ -221,15 +243,19 @@ def _inherited_align_layer(model: str, cfg: PipelineConfig, n_layers: int | None
 
 
 def _trained(lm, result: TrainResult, adapters=None):
-    """The trained causal LM to save: ``lm`` itself; with LoRA, ``lm`` with its adapters merged; after a
-    sharded run, a plain model built from its config that holds the weights gathered on this process."""
+    """The trained causal LM: ``lm`` itself, or with LoRA, ``lm`` with its adapters merged."""
     if adapters is not None:
         return merged(adapters)
-    if result.full_state is None:
-        return lm
-    from alignx.model.gguf_conversion import plain_copy
+    return lm
 
-    return plain_copy(lm, "float32", state=sub_state(result.full_state, "lm."))
+
+def _save_lm(tmp: Path, lm, result: TrainResult, adapters=None) -> None:
+    """Write the trained LM's weights to ``tmp``. After a sharded run the gathered state dict is written
+    as it is (no second model is built to hold it: one full copy in host memory, not two)."""
+    if result.full_state is None or adapters is not None:
+        _trained(lm, result, adapters).save_pretrained(tmp)
+    else:
+        lm.save_pretrained(tmp, state_dict=sub_state(result.full_state, "lm."))
 
 
 def _model_key(model: str) -> str:
@@ -264,7 +290,7 @@ def bootstrap_base_model(shards_dir: Path, cfg: PipelineConfig, out_dir: Path, p
                    track=_tracker(cfg, "bootstrap", "base", boot.model_dump(mode="json"), key))
 
     def write(tmp: Path) -> None:
-        _trained(lm, result).save_pretrained(tmp)
+        _save_lm(tmp, lm, result)
         tokenizer.save_pretrained(tmp)
 
     record = {"stage": "bootstrap", "config": boot.model_dump(mode="json"), "base_model": None,
@@ -288,7 +314,7 @@ def train_stage1(
     resolved = validate_stage("stage1", cfg, shards_dir, base_model)
     align_layer = resolved["align_layer"]
     languages = training_languages(cfg)
-    tokenizer, lm = _load(base_model)
+    tokenizer, lm = _load(base_model, s1.train)
     rows = translation_rows(_pairs(shards_dir, cfg), cfg.pivot, s1.non_english_pairs)
     if s1.max_examples is not None and len(rows) > s1.max_examples:
         rows = rows.sample(n=s1.max_examples, random_state=s1.train.seed).sort_index()
@@ -308,7 +334,7 @@ def train_stage1(
                    track=_tracker(cfg, "stage1", "control" if control else "alignx", s1.model_dump(mode="json"), key))
 
     def write(tmp: Path) -> None:
-        _trained(lm, result, adapters).save_pretrained(tmp)
+        _save_lm(tmp, lm, result, adapters)
         tokenizer.save_pretrained(tmp)
         objective.save_head(tmp, None if result.full_state is None else sub_state(result.full_state, "lam_head."))
 
@@ -332,7 +358,7 @@ def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Pat
     s2 = cfg.stage2
     model = str(model)
     resolved = validate_stage("stage2", cfg, shards_dir, model)
-    tokenizer, lm = _load(model)
+    tokenizer, lm = _load(model, s2.train)
     rows = stage2_rows(shards_dir, cfg)
     examples = _examples(tokenizer, rows, s2.train.max_length, training_languages(cfg), cfg)
     log.info("stage 2: %d examples (%d general)", len(examples), int((rows["kind"] == "general").sum()))
@@ -344,7 +370,7 @@ def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Pat
                    track=_tracker(cfg, "stage2", _arm_after(model), s2.model_dump(mode="json"), key))
 
     def write(tmp: Path) -> None:
-        _trained(lm, result, adapters).save_pretrained(tmp)
+        _save_lm(tmp, lm, result, adapters)
         tokenizer.save_pretrained(tmp)
 
     record = {"stage": "stage2", "config": s2.model_dump(mode="json"), "base_model": model,

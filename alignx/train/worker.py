@@ -70,7 +70,7 @@ def main(call_file: str) -> int:
 
     call = json.loads(Path(call_file).read_text(encoding="utf-8"))
     cfg = parse_config(call["config"], source=call_file)
-    state = process_state()
+    state = process_state(cfg.launch.timeout_minutes)  # the group is created here, with the configured timeout
     logging.basicConfig(level=logging.INFO if state.is_main_process else logging.WARNING, stream=sys.stdout,
                         format=f"[rank {state.process_index}] %(levelname)s %(name)s: %(message)s")
 

@@ -165,3 +165,17 @@ def test_a_failing_process_is_reported_with_its_message(tiny_llama_dir, shards, 
     with pytest.raises(launcher.StageFailed, match=r"(?s)stage1 failed in process 0 of 1: ConfigError: .*max_length=8 cuts the response"):
         launch("stage1", args, cfg, 1)  # a group of one: the same path, half the start-up
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))  # the call file is gone too
+
+
+def test_a_group_that_fails_in_the_final_gather_resumes_at_its_last_step(tiny_llama_dir, shards, tmp_path):
+    """The last step is checkpointed before the weights are gathered: a rerun writes them, it does not retrain."""
+    cfg = _cfg(tmp_path, 2)
+    out = tmp_path / "out"
+    args = {"model": str(tiny_llama_dir), "shards": str(shards), "out": str(out), "control": False}
+    with pytest.raises(launcher.StageFailed, match="gather of the final weights timed out"):
+        launch("stage1", args, cfg, 2, worker_module="tests.train.gather_crash_worker")
+    assert not out.exists()
+    artefact = launch("stage1", args, cfg, 2)
+    assert verify_artefact(artefact) and read_run_record(out)["resumed_from"] == STEPS
+    assert [r["step"] for r in read_log(out / "train_log.jsonl")] == list(range(1, STEPS + 1))
+    assert _max_diff(_weights(out), load_file(Path(tiny_llama_dir) / "model.safetensors")) > 1e-3  # trained weights
