@@ -51,6 +51,19 @@ class Resumed:
     step: int
 
 
+def frozen_names(model: torch.nn.Module) -> set[str]:
+    """State-dict names of the parameters that do not train (a LoRA run's base, the control's head);
+    tied names included, as the state dict lists them."""
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict without its frozen parameters: they are rebuilt as they were (from the
+    base model and the seed) by the run that resumes, so a LoRA checkpoint holds its adapters only."""
+    frozen = frozen_names(model)
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
 def save_checkpoint(
     work_dir: Path, run_key: str, step: int, model: torch.nn.Module, optimizer, scheduler, scaler=None
 ) -> None:
@@ -61,7 +74,7 @@ def save_checkpoint(
     state = {
         "run_key": run_key,
         "step": step,
-        "model": model.state_dict(),
+        "model": trained_state(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(),
@@ -84,7 +97,11 @@ def load_checkpoint(
     if state.get("run_key") != run_key:
         log.warning("ignoring checkpoint %s: it belongs to another run (config, data or model differ)", path)
         return None
-    model.load_state_dict(state["model"])
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    lacking = sorted(set(missing) - frozen_names(model))
+    if lacking or unexpected:
+        raise ValueError(f"{path}: checkpoint does not fit the model it resumes: trainable tensors missing "
+                         f"{lacking[:5]}, tensors the model lacks {sorted(unexpected)[:5]}")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler") is not None:

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 from alignx.model.alignx_model import AlignXModel
 from alignx.profiles import parse_config
 from alignx.train.training_stages import train_stage1
+from alignx.training_records import read_run_record
 from tests.train.tiny import LANGS
 
 R = 4
@@ -57,3 +58,36 @@ def test_lora_trains_adapters_and_head_only_and_writes_the_merged_model(tiny_lla
 def test_lora_target_that_names_no_layer_is_refused(tiny_llama_dir, shards, tmp_path):
     with pytest.raises(ValueError, match=r"lora.target_modules \['query'\] name no linear layer.*q_proj"):
         train_stage1(str(tiny_llama_dir), shards, _cfg(tmp_path, target_modules=["query"]), tmp_path / "out")
+
+
+def test_lora_checkpoint_holds_the_trainable_tensors_only_and_resumes_exactly(tiny_llama_dir, shards, tmp_path):
+    """A LoRA run's checkpoint leaves the frozen base out (the resumed run rebuilds it from the base
+    model); a run killed after its checkpoint ends where an uninterrupted one does."""
+    from alignx.train.checkpoint import CHECKPOINT_DIR, STATE_FILE
+    from alignx.train.training_stages import work_dir_for
+
+    def cfg(root):
+        c = _cfg(root)
+        return c.model_copy(update={"stage1": c.stage1.model_copy(update={"train": c.stage1.train.model_copy(
+            update={"steps": 4, "checkpoint_every": 2})})})
+
+    straight = tmp_path / "straight" / "alignx"
+    train_stage1(str(tiny_llama_dir), shards, cfg(tmp_path / "straight"), straight)
+
+    crashed = tmp_path / "crashed" / "alignx"
+
+    def crash_after_checkpoint(step, total, metrics):
+        if step == 3:
+            raise KeyboardInterrupt  # the run dies after its step-2 checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train_stage1(str(tiny_llama_dir), shards, cfg(tmp_path / "crashed"), crashed, progress=crash_after_checkpoint)
+    saved = torch.load(work_dir_for(crashed) / CHECKPOINT_DIR / STATE_FILE, weights_only=False)["model"]
+    assert saved and all("lora_" in k or k.startswith("lam_head.") for k in saved), sorted(saved)[:5]
+    base_bytes = sum(v.numel() for v in load_file(Path(tiny_llama_dir) / "model.safetensors").values())
+    assert sum(v.numel() for v in saved.values()) < 0.2 * base_bytes
+
+    train_stage1(str(tiny_llama_dir), shards, cfg(tmp_path / "crashed"), crashed)
+    assert read_run_record(crashed)["resumed_from"] == 2
+    a, b = load_file(straight / "model.safetensors"), load_file(crashed / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
