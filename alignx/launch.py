@@ -8,7 +8,9 @@ progress to ``progress``, and their end becomes the return value or an exception
 
 - the stage's result -> the ``Artefact`` the main process wrote;
 - out of memory in any process -> ``OutOfMemoryError`` (the task's fallback starts a new group with
-  activation checkpointing);
+  activation checkpointing): torch's error, an allocation failure inside NCCL, cuBLAS or cuDNN
+  (``alignx.train.worker.is_out_of_memory``), or a worker the kernel's OOM killer ended (its counter
+  rose while the group ran, ``oom_kill_count``);
 - an error in a process -> ``StageFailed`` with that process's one-line message;
 - the group died without a word (a signal, the kernel's OOM killer, a lost node) -> ``WorkersLost``,
   an ``OSError``, which a retry resumes from the last checkpoint.
@@ -51,6 +53,33 @@ class OutOfMemoryError(RuntimeError):
 
 class WorkersLost(ChildProcessError):
     """The process group ended without a result or an error message (killed, lost): transient."""
+
+
+def oom_kill_count() -> int | None:
+    """How many processes the kernel's out-of-memory killer has ended so far, where this machine says:
+    this process's memory cgroup (v2 ``memory.events``, v1 ``memory.oom_control``), else the whole
+    system (``/proc/vmstat``); None where none of them exists."""
+    counts = []
+    try:
+        groups = Path("/proc/self/cgroup").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        groups = []
+    for line in groups:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            counts.append(Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events")
+        elif "memory" in controllers.split(","):
+            counts.append(Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control")
+    counts.append(Path("/proc/vmstat"))
+    for path in counts:
+        try:
+            for line in path.read_text(encoding="utf-8").splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def world_size(setting: int | str) -> int:
@@ -147,6 +176,7 @@ def launch(
     failure: dict[str, Any] | None = None
     oom: dict[str, Any] | None = None
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL)
+    kills_before = oom_kill_count()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             text=True, errors="replace", env=env, cwd=REPO_ROOT, start_new_session=True)
     try:
@@ -179,6 +209,11 @@ def launch(
         error.log_tail = list(tail)  # the traceback the process printed, for a caller that shows no log
         raise error
     if code != 0 or result is None:
+        kills_after = oom_kill_count()
+        if kills_before is not None and kills_after is not None and kills_after > kills_before:
+            raise OutOfMemoryError(f"{stage}: the kernel's out-of-memory killer ended a process of the group of "
+                                   f"{processes} (host memory ran out: {kills_after - kills_before} kill(s) while it "
+                                   "ran). Last lines:\n" + "\n".join(list(tail)[-10:]))
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         raise WorkersLost(f"{stage}: the process group of {processes} ended ({how}) without a result; a rerun "
                           f"resumes from the last checkpoint. Last lines:\n" + "\n".join(tail))

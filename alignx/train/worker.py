@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import re
 import signal
 import sys
 import traceback
@@ -21,6 +22,22 @@ from alignx.stages_and_arms import TRAINING_STAGES
 
 PROTOCOL = "@alignx "
 OOM_EXIT = 75  # the stage ran out of memory; the launcher may retry with activation checkpointing
+
+
+# Allocation failures that do not arrive as torch.OutOfMemoryError: raised inside NCCL, cuBLAS or cuDNN
+# (a RuntimeError or a DistBackendError carrying the library's status), or by the CPU allocator
+_OOM_TEXT = re.compile(r"out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED|NCCL_STATUS_ALLOC|"
+                       r"can't allocate memory|Cannot allocate memory|std::bad_alloc", re.IGNORECASE)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is an allocation failure."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or _OOM_TEXT.search(str(exc)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def emit(kind: str, payload: dict[str, Any]) -> None:
@@ -79,10 +96,11 @@ def main(call_file: str) -> int:
 
     try:
         artefact = run_stage(call["stage"], call["args"], cfg, progress if state.is_main_process else None)
-    except torch.OutOfMemoryError as exc:
-        emit("oom", {"rank": state.process_index, "message": (str(exc).splitlines() or ["out of memory"])[0]})
-        return OOM_EXIT
     except Exception as exc:  # the launcher shows this line; the traceback goes to the log
+        if isinstance(exc, torch.OutOfMemoryError) or is_out_of_memory(exc):
+            traceback.print_exc(file=sys.stdout)
+            emit("oom", {"rank": state.process_index, "message": (str(exc).splitlines() or ["out of memory"])[0]})
+            return OOM_EXIT
         traceback.print_exc(file=sys.stdout)
         emit("error", {"rank": state.process_index, "type": type(exc).__name__, "message": str(exc)})
         return 1
