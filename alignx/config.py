@@ -196,6 +196,10 @@ class LaunchConfig(Section):
     # is 10 minutes): the gather of the final weights and the first checkpoint of a large model on a
     # slow file system take longer than a training step
     timeout_minutes: float = Field(30.0, gt=0)
+    # A launched group takes every GPU (or, on the CPU, every core) of its machine: a stage that would
+    # launch one while another stage holds this lock file waits for it. The file is per machine
+    # (local /tmp), shared by every worker and flow run on it; "" turns the lock off.
+    host_lock: str = "/tmp/alignx-launch.lock"
 
 
 class ModelSpec(Section):

@@ -22,12 +22,14 @@ it when the caller dies, and each worker does the same towards ``torchrun``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,9 +113,52 @@ def run_stage(
 
     if torch.cuda.is_available() and stage != "evaluate":
         check_fits(stage, args, cfg, processes, torch.cuda.get_device_properties(0).total_memory / 2**30)
-    if processes == 1:
-        return run_stage_here(stage, args, cfg, progress)
-    return launch(stage, args, cfg, processes, progress=progress, on_line=on_line, worker_module=worker_module)
+    on_gpu = torch.cuda.is_available() and not (stage == "evaluate" and cfg.eval.device == "cpu")
+    with machine_lock(cfg.launch.host_lock if (on_gpu or processes > 1) else "", stage, on_line):
+        if processes == 1:
+            return run_stage_here(stage, args, cfg, progress)
+        return launch(stage, args, cfg, processes, progress=progress, on_line=on_line, worker_module=worker_module)
+
+
+@contextlib.contextmanager
+def machine_lock(path: str, stage: str, on_line: LineSink | None = None, poll_s: float = 0.5):
+    """Hold the machine's launch lock (``launch.host_lock``) while a stage that takes its GPUs or all its
+    cores runs: two such stages on one machine run one after the other, never on the same devices.
+
+    Waits for the holder (its pid and stage are in the file, and in the message every minute); the
+    kernel releases the lock when the holder dies, however it dies. ``path`` "" holds nothing.
+    """
+    if not path:
+        yield
+        return
+    import fcntl
+
+    sink = on_line or (lambda line: log.info("%s", line))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        waited, said = 0.0, -1.0
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if waited - said >= 60 or said < 0:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another stage"
+                    sink(f"{stage} waits for this machine's devices: held by {holder} ({path})")
+                    said = waited
+                time.sleep(poll_s)
+                waited += poll_s
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} ({stage}, since {time.strftime('%H:%M:%S')})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_fits(stage: str, args: dict[str, Any], cfg: PipelineConfig, gpus: int, gpu_memory_gib: float) -> None:

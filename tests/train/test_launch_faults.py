@@ -1,6 +1,7 @@
-"""Out-of-memory that arrives some other way than torch's OutOfMemoryError is still recognised as
-out-of-memory: an allocation failure raised inside NCCL, cuBLAS or cuDNN, and a worker the kernel's
-OOM killer ends. A plain kill stays a lost worker; a bad input stays a failure."""
+"""How a launched stage meets the machine: out-of-memory that arrives some other way than torch's
+OutOfMemoryError is still out-of-memory (an allocation failure raised inside NCCL, cuBLAS or cuDNN, a
+worker the kernel's OOM killer ends), a plain kill stays a lost worker, a bad input stays a failure;
+and two stages started on one machine never hold its devices at once."""
 
 from __future__ import annotations
 
@@ -70,3 +71,36 @@ def test_a_worker_the_oom_killer_ends_is_out_of_memory_and_a_plain_kill_is_a_los
 def test_this_machine_reports_an_oom_kill_count():
     count = launcher.oom_kill_count()
     assert count is not None and count >= 0  # cgroup or /proc/vmstat: a machine without either gets None
+
+
+def test_two_stages_started_on_one_machine_never_hold_it_at_once(tmp_path, monkeypatch):
+    """Each launched group takes the whole machine; a second stage waits for the first (launch.host_lock)."""
+    import threading
+
+    log = tmp_path / "timed.log"
+    monkeypatch.setenv("TIMED_LOG", str(log))
+    cfg = parse_config({"name": "lock", "languages": list(LANGS), "run_root": str(tmp_path),
+                        "launch": {"processes": 2, "host_lock": str(tmp_path / "host.lock")}})
+    lines: list[str] = []
+    errors: list[BaseException] = []
+
+    def stage(name: str) -> None:
+        try:
+            launcher.run_stage("stage2", {"model": "m", "shards": "s", "out": str(tmp_path / name)}, cfg,
+                               on_line=lines.append, worker_module="tests.train.timed_worker")
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stage, args=(name,)) for name in ("first", "second")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    rows = [line.split() for line in log.read_text().splitlines()]
+    assert len(rows) == 4  # two processes per stage
+    spans = {name: (min(float(r[1]) for r in rows if r[0] == name), max(float(r[2]) for r in rows if r[0] == name))
+             for name in ("first", "second")}
+    (a_start, a_end), (b_start, b_end) = sorted(spans.values())
+    assert a_end <= b_start, spans  # the second group started after the first had ended
+    assert any("waits for this machine's devices: held by pid" in line for line in lines)
