@@ -161,6 +161,11 @@ class TrainConfig(Section):
     # fp32 gradient reduction on GPUs; checkpoints through torch.distributed.checkpoint (a resume on
     # another world size reshards). "none": every process holds the whole model (DDP).
     sharding: Literal["none", "fsdp"] = "none"
+    # Under FSDP with gradient accumulation: "step" reduce-scatters once per optimizer step and keeps
+    # every unsharded gradient, in fp32, between micro-batches (least communication, most memory);
+    # "micro_batch" reduce-scatters after each micro-batch, so gradients stay sharded (as torchtitan).
+    # The trajectory is the same either way; `alignx plan` counts the one configured.
+    grad_sync: Literal["step", "micro_batch"] = "step"
     lora: LoraConfig | None = None  # None: full fine-tuning
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)

@@ -256,8 +256,10 @@ def estimate(shape: ModelShape, train: TrainConfig, strategy: Strategy, world_si
         per_round = train.micro_batch_size * world_size
         accumulating = (train.global_batch_size // per_round if train.global_batch_size else train.grad_accum) > 1
         # between reduce-scatters (gradient sync only on an accumulation round's last micro-batch) every
-        # unsharded gradient is kept; else the root's until the end of backward and one layer's
-        unsharded_grads = c * trainable if accumulating else c * root + c * layer
+        # unsharded gradient is kept, accumulated in the fp32 reduce dtype; else (no accumulation, or
+        # grad_sync "micro_batch") the root's until the end of backward and one layer's
+        unsharded_grads = (4 * trainable if accumulating and train.grad_sync == "step"
+                           else c * root + c * layer)
         return MemoryEstimate(4 * shard + c * (root + 2 * layer), 4 * shard + unsharded_grads + 4 * layer,
                               8 * shard, acts, 4 * shard)
     if strategy == "lora":

@@ -183,7 +183,7 @@ def report_check(name: str, cfg: PipelineConfig | None, problems: list[str]) -> 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Per-GPU memory of each training stage under DDP, FSDP and LoRA; 0 when each stage's configured
     strategy (``train.lora``, ``train.sharding``) fits, 1 when one does not, 2 when the model has no shape."""
-    from alignx.memory_plan import RESERVED_FRACTION, plan, usable_bytes
+    from alignx.memory_plan import RESERVED_FRACTION, estimate, plan, usable_bytes
     from alignx.model.model_catalogue import BaseModelError
     from alignx.profiles import load_profile
 
@@ -215,6 +215,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(_table(table))
     print("* the stage's configured strategy (train.lora; train.sharding with more than one GPU; else ddp)")
     failing = [f"{r.stage} ({r.strategy})" for r in rows if r.configured and not r.fits]
+    for r in rows:  # FSDP that keeps unsharded fp32 gradients between micro-batches: say what syncing saves
+        train = getattr(cfg, r.stage).train
+        if r.configured and not r.fits and r.strategy == "fsdp" and train.grad_sync == "step":
+            synced = estimate(r.shape, train.model_copy(update={"grad_sync": "micro_batch"}), "fsdp", args.gpus,
+                              "cuda", stage1_head_width=cfg.stage1.lam_width if r.stage == "stage1" else None)
+            if synced.total < r.estimate.total:
+                print(f"{r.stage}: with {r.stage}.train.grad_sync=micro_batch (gradients reduce-scattered after "
+                      f"each micro-batch, never kept whole) it needs {gib(synced.total)} GiB per GPU"
+                      f" ({'fits' if synced.total <= usable else 'still over'})")
     if failing:
         print(f"does not fit as configured: {', '.join(failing)}", file=sys.stderr)
         return 1

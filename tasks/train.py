@@ -82,7 +82,9 @@ def out_of_memory_answer(cfg: PipelineConfig, section: str, message: str) -> str
         answer += f" (no memory plan: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     return (answer + f". To fit: more GPUs (launch.processes, with {section}.train.sharding: fsdp), "
             f"{section}.train.lora, or a smaller {section}.train.micro_batch_size (now {train.micro_batch_size}) "
-            f"with {section}.train.global_batch_size set to keep the global batch")
+            f"with {section}.train.global_batch_size set to keep the global batch"
+            + (f", or {section}.train.grad_sync: micro_batch (no whole fp32 gradients between micro-batches)"
+               if train.sharding == "fsdp" and train.grad_sync == "step" else ""))
 
 
 def release_memory() -> None:

@@ -87,8 +87,12 @@ def test_fsdp_shards_what_ddp_replicates():
     assert fsdp8.optimizer * 8 == pytest.approx(ddp.optimizer, rel=1e-6)
     assert ddp.grads == 2 * 4 * shape.params  # .grad and DDP's buckets
     assert fsdp8.activations == ddp.activations
-    # on 2 GPUs the step accumulates 4 micro-batches, and FSDP keeps unsharded bf16 gradients between syncs
-    assert estimate(shape, train, "fsdp", 2, "cuda").grads > 4 * shape.params // 2 + 2 * shape.params
+    # on 2 GPUs the step accumulates 4 micro-batches, and FSDP keeps the unsharded gradients between syncs,
+    # accumulated in the fp32 reduce dtype; reduce-scattering every micro-batch keeps them sharded
+    accumulating = estimate(shape, train, "fsdp", 2, "cuda")
+    assert accumulating.grads >= 4 * shape.params // 2 + 4 * shape.params
+    synced = estimate(shape, train.model_copy(update={"grad_sync": "micro_batch"}), "fsdp", 2, "cuda")
+    assert synced.grads < 4 * shape.params // 2 + 2 * shape.params // 4
     lora = estimate(shape, train, "lora", 8, "cuda")
     assert lora.params < ddp.params and lora.optimizer < 0.01 * ddp.optimizer
     wider = estimate(shape, train.model_copy(update={"lora": LoraConfig(r=64)}), "lora", 8, "cuda")
@@ -210,3 +214,15 @@ def test_a_stage_over_the_reserve_but_within_the_gpu_only_warns(tmp_path, caplog
     with caplog.at_level("WARNING", logger="alignx.launch"):
         check_fits("stage1", {"model": str(model)}, cfg, 1, total / 2**30 * 1.05)  # inside the 10% reserve
     assert "within the GPU but over the plan's reserve" in caplog.text
+
+
+def test_cli_plan_counts_fp32_accumulated_gradients_and_says_what_syncing_saves(capsys):
+    """paper on 4 GPUs of 80 GiB: 2 micro-batches per step; the unsharded fp32 gradients do not fit."""
+    code = main(["plan", "--profile", "paper", "--gpus", "4", "--gpu-memory", "80"])
+    out, err = capsys.readouterr()
+    rows = _rows(out)
+    assert code == 1 and rows["stage1", "fsdp"][7] == "no" and float(rows["stage1", "fsdp"][6]) > 80
+    assert "stage1: with stage1.train.grad_sync=micro_batch" in out and "(fits)" in out
+    code = main(["plan", "--profile", "paper", "--gpus", "4", "--gpu-memory", "80",
+                 "--set", "stage1.train.grad_sync=micro_batch", "--set", "stage2.train.grad_sync=micro_batch"])
+    assert code == 0 and _rows(capsys.readouterr().out)["stage1", "fsdp"][7] == "yes"

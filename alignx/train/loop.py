@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Settings that change speed or bookkeeping but not the trajectory: a resumed run may differ in them
 # (the out-of-memory retry turns gradient checkpointing on and resumes).
-_NOT_TRAJECTORY = {"gradient_checkpointing", "checkpoint_every", "log_every"}
+_NOT_TRAJECTORY = {"gradient_checkpointing", "checkpoint_every", "log_every", "grad_sync"}
 
 
 @dataclass
@@ -196,7 +196,7 @@ def train(
 
     if cfg.gradient_checkpointing:
         set_activation_checkpointing(objective.lm, True)
-    strategy = (Sharded(accelerator, mixed_precision_mode(cfg.mixed_precision)) if cfg.sharding == "fsdp"
+    strategy = (Sharded(accelerator, mixed_precision_mode(cfg.mixed_precision), cfg.grad_sync) if cfg.sharding == "fsdp"
                 else Replicated(accelerator))
 
     def make_optimizer(params: list[nn.Parameter]):

@@ -96,9 +96,10 @@ class Sharded(Replicated):
     on another number of processes (``torch.distributed.checkpoint`` reshards on load).
     """
 
-    def __init__(self, accelerator: Accelerator, mixed_precision: str):
+    def __init__(self, accelerator: Accelerator, mixed_precision: str, grad_sync: str = "step"):
         super().__init__(accelerator)
         self.mixed_precision = mixed_precision
+        self.grad_sync = grad_sync
         self.distributed = accelerator.num_processes > 1
         self.checkpoints_last_step = self.distributed  # the gather of the weights follows the last step
 
@@ -129,7 +130,8 @@ class Sharded(Replicated):
 
     def forward_backward(self, batch: dict[str, torch.Tensor], last: bool, grad_clip: float):
         if self.distributed:
-            self.model.set_requires_gradient_sync(last)  # reduce-scatter once per optimizer step
+            # reduce-scatter once per optimizer step, or after every micro-batch (train.grad_sync)
+            self.model.set_requires_gradient_sync(last or self.grad_sync == "micro_batch")
         if self.distributed or self.mixed_precision == "no":
             out = self.model(batch)  # the policy casts parameters; no autocast
         else:

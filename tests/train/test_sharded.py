@@ -34,13 +34,14 @@ pytestmark = pytest.mark.slow  # two-process FSDP runs and a kill -9
 STEPS = 4
 
 
-def _cfg(run_root: Path, processes: int):
+def _cfg(run_root: Path, processes: int, grad_sync: str = "step"):
+    """Micro-batches of 4, a global batch of 16: two processes accumulate two micro-batches per step."""
     return parse_config({
         "name": "fsdp", "languages": list(LANGS), "run_root": str(run_root), "launch": {"processes": processes},
         "stage1": {"align_layer": 2, "lam_width": 16,
-                   "train": {"steps": STEPS, "micro_batch_size": 4, "global_batch_size": 8, "lr": 1e-3,
+                   "train": {"steps": STEPS, "micro_batch_size": 4, "global_batch_size": 16, "lr": 1e-3,
                              "max_length": 160, "checkpoint_every": 2, "log_every": 1, "sharding": "fsdp",
-                             "mixed_precision": "no"}}})
+                             "mixed_precision": "no", "grad_sync": grad_sync}}})
 
 
 def _weights(out: Path) -> dict:
@@ -168,8 +169,9 @@ def test_a_failing_process_is_reported_with_its_message(tiny_llama_dir, shards, 
 
 
 def test_a_group_that_fails_in_the_final_gather_resumes_at_its_last_step(tiny_llama_dir, shards, tmp_path):
-    """The last step is checkpointed before the weights are gathered: a rerun writes them, it does not retrain."""
-    cfg = _cfg(tmp_path, 2)
+    """The last step is checkpointed before the weights are gathered: a rerun writes them, it does not retrain.
+    The group reduce-scatters after every micro-batch (grad_sync micro_batch): the same trajectory as one process."""
+    cfg = _cfg(tmp_path, 2, grad_sync="micro_batch")
     out = tmp_path / "out"
     args = {"model": str(tiny_llama_dir), "shards": str(shards), "out": str(out), "control": False}
     with pytest.raises(launcher.StageFailed, match="gather of the final weights timed out"):
@@ -179,3 +181,6 @@ def test_a_group_that_fails_in_the_final_gather_resumes_at_its_last_step(tiny_ll
     assert verify_artefact(artefact) and read_run_record(out)["resumed_from"] == STEPS
     assert [r["step"] for r in read_log(out / "train_log.jsonl")] == list(range(1, STEPS + 1))
     assert _max_diff(_weights(out), load_file(Path(tiny_llama_dir) / "model.safetensors")) > 1e-3  # trained weights
+    one = tmp_path / "one" / "alignx"
+    train_stage1(str(tiny_llama_dir), shards, _cfg(tmp_path / "one", 1), one)
+    assert _max_diff(_weights(one), _weights(out)) < 1e-4
