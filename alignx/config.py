@@ -205,6 +205,21 @@ class LaunchConfig(Section):
     # launch one while another stage holds this lock file waits for it. The file is per machine
     # (local /tmp), shared by every worker and flow run on it; "" turns the lock off.
     host_lock: str = "/tmp/alignx-launch.lock"
+    # Several machines: ``nodes`` > 1 starts this machine's torchrun agent as one of ``nodes`` that meet
+    # at a c10d rendezvous on ``rdzv_endpoint`` (host:port of a machine every node reaches; the first
+    # node's, by convention). The other nodes join with `alignx join <call file>` (the task prints the
+    # command; the call file is written under the run root, which every node must share). The group's
+    # rendezvous id is the stage's output name unless ``rdzv_id`` sets one. Under FSDP the mesh is two-
+    # dimensional (HSDP): weights sharded within a node, replicated across nodes.
+    nodes: int = Field(1, ge=1)
+    rdzv_endpoint: str = ""
+    rdzv_id: str = ""
+
+    @model_validator(mode="after")
+    def _check_nodes(self) -> "LaunchConfig":
+        if self.nodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"launch.nodes={self.nodes} needs launch.rdzv_endpoint (host:port where the nodes meet)")
+        return self
 
 
 class ModelSpec(Section):

@@ -115,7 +115,7 @@ def run_stage(
         check_fits(stage, args, cfg, processes, torch.cuda.get_device_properties(0).total_memory / 2**30)
     on_gpu = torch.cuda.is_available() and not (stage == "evaluate" and cfg.eval.device == "cpu")
     with machine_lock(cfg.launch.host_lock if (on_gpu or processes > 1) else "", stage, on_line):
-        if processes == 1:
+        if processes == 1 and cfg.launch.nodes == 1:
             return run_stage_here(stage, args, cfg, progress)
         return launch(stage, args, cfg, processes, progress=progress, on_line=on_line, worker_module=worker_module)
 
@@ -209,14 +209,17 @@ def launch(
     # named as a temporary of ``out`` by this process, so the stage's next writer removes it if we die
     remove_dead_temporaries(out)
     call_file = temporary_path(out)
-    call_file.write_text(json.dumps({"stage": stage, "args": args, "config": cfg.model_dump(mode="json")}),
-                         encoding="utf-8")
-    command = [sys.executable, "-m", "alignx.launch", "--standalone", f"--nproc-per-node={processes}",
-               "-m", worker_module, str(call_file)]
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    call_file.write_text(json.dumps({"stage": stage, "args": args, "config": cfg.model_dump(mode="json"),
+                                     "worker_module": worker_module}), encoding="utf-8")
+    command = agent_command(cfg, processes, out, worker_module, call_file)
+    env = agent_env()
     sink = on_line or (lambda line: log.info("%s", line))
-    sink(f"launching {stage} as {processes} processes: {' '.join(command[3:])}")
+    nodes = cfg.launch.nodes
+    sink(f"launching {stage} as {processes} processes{f' on each of {nodes} nodes' if nodes > 1 else ''}: "
+         f"{' '.join(command[3:])}")
+    if nodes > 1:
+        sink(f"the other {nodes - 1} node(s) join with: alignx join {call_file}  (from a checkout of this code "
+             f"that sees the same run root; the group starts when all {nodes} have joined)")
     result: Artefact | None = None
     failure: dict[str, Any] | None = None
     oom: dict[str, Any] | None = None
@@ -263,6 +266,52 @@ def launch(
         raise WorkersLost(f"{stage}: the process group of {processes} ended ({how}) without a result; a rerun "
                           f"resumes from the last checkpoint. Last lines:\n" + "\n".join(tail))
     return result
+
+
+def agent_command(cfg: PipelineConfig, processes: int, out: Path, worker_module: str, call_file: Path) -> list[str]:
+    """This machine's torchrun agent: alone (``--standalone``), or one of ``launch.nodes`` meeting at a
+    c10d rendezvous whose id is the stage's output name (``launch.rdzv_id`` overrides it)."""
+    if cfg.launch.nodes == 1:
+        where = ["--standalone"]
+    else:
+        where = [f"--nnodes={cfg.launch.nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={cfg.launch.rdzv_endpoint}",
+                 f"--rdzv-id={cfg.launch.rdzv_id or Path(out).name}"]
+    return [sys.executable, "-m", "alignx.launch", *where, f"--nproc-per-node={processes}",
+            "-m", worker_module, str(call_file)]
+
+
+def agent_env() -> dict[str, str]:
+    return {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def join(call_file: Path, on_line: LineSink = print) -> int:
+    """Join a multi-node stage from another node: start this node's agent for the call the first node
+    wrote (``launch.nodes`` > 1), one process per GPU here or ``launch.processes``; returns its exit
+    status. The results are written by the first node; this node's processes only train."""
+    from alignx.profiles import parse_config
+
+    call_file = Path(call_file)
+    try:
+        call = json.loads(call_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"{call_file}: no readable stage call ({exc}); is the run root shared with the "
+                                "first node, and is its stage still waiting?") from None
+    cfg = parse_config(call["config"], source=str(call_file))
+    if cfg.launch.nodes == 1:
+        raise ValueError(f"{call_file}: that stage runs on one node (launch.nodes 1): nothing to join")
+    command = agent_command(cfg, world_size(cfg.launch.processes), Path(call["args"]["out"]),
+                            call.get("worker_module", "alignx.train.worker"), call_file)
+    on_line(f"joining {call['stage']} ({Path(call['args']['out']).name}): {' '.join(command[3:])}")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, errors="replace", env=agent_env(), cwd=REPO_ROOT, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            on_line(raw.rstrip("\n"))
+        return proc.wait()
+    finally:
+        _stop(proc)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -286,6 +286,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_join(args: argparse.Namespace) -> int:
+    """Join a multi-node training stage from another node (``launch.nodes`` > 1): its agent's exit status."""
+    from alignx.launch import join
+
+    try:
+        return join(Path(args.call))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     """Every profile key with its type, default and meaning (docs/profile-keys.md is this output)."""
     from alignx.artefacts import atomic_write_text
@@ -351,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--repo", required=True, help="owner/name on the Hugging Face hub")
             p.add_argument("--public", action="store_true", help="create the repository public (default: private)")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("join", help="join a multi-node training stage from another node (launch.nodes > 1)")
+    p.add_argument("call", help="the stage's call file, as the first node's log names it")
+    p.set_defaults(fn=cmd_join)
     p = sub.add_parser("keys", help="every profile key: type, default, meaning (docs/profile-keys.md)")
     p.add_argument("--out", default=None, help="write the reference here instead of printing it")
     p.set_defaults(fn=cmd_keys)

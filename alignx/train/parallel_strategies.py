@@ -11,6 +11,7 @@ to rank 0.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from alignx.train.checkpoint import (
     Resumed, load_checkpoint, load_sharded_checkpoint, save_checkpoint, save_sharded_checkpoint,
 )
 
+log = logging.getLogger(__name__)
 OptimizerFactory = Callable[[list[nn.Parameter]], tuple[torch.optim.Optimizer, Any]]
 
 
@@ -104,14 +106,13 @@ class Sharded(Replicated):
         self.checkpoints_last_step = self.distributed  # the gather of the weights follows the last step
 
     def setup(self, objective: nn.Module, make_optimizer: OptimizerFactory) -> tuple[torch.optim.Optimizer, Any]:
-        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         device = self.accelerator.device
         if self.distributed:
             policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                       if self.mixed_precision == "bf16" else MixedPrecisionPolicy())
-            mesh = init_device_mesh(device.type, (self.accelerator.num_processes,))
+            mesh = device_mesh(device.type, self.accelerator.num_processes)
             main = self.accelerator.is_main_process
             # the main process's weights, by reference (no copy): the only full copy of the group
             full = dict(objective.state_dict()) if main else {}
@@ -159,6 +160,22 @@ class Sharded(Replicated):
 
         state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return state if self.accelerator.is_main_process else None
+
+
+def device_mesh(device_type: str, world: int):
+    """The processes as FSDP sees them: one dimension on one node; on several nodes (``launch.nodes``)
+    two, nodes x processes per node, so parameters are sharded within a node and replicated across
+    nodes (HSDP: the all-gathers stay on the node's fast links, only gradients cross nodes)."""
+    import os
+
+    from torch.distributed.device_mesh import init_device_mesh
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if 0 < local < world and world % local == 0:
+        log.info("FSDP mesh: replicate %d (nodes) x shard %d (processes per node)", world // local, local)
+        return init_device_mesh(device_type, (world // local, local), mesh_dim_names=("replicate", "shard"))
+    log.info("FSDP mesh: shard %d", world)
+    return init_device_mesh(device_type, (world,))
 
 
 def load_from_main(model: nn.Module, full: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
