@@ -242,7 +242,7 @@ def estimate(shape: ModelShape, train: TrainConfig, strategy: Strategy, world_si
     bf16 on cuda, float32 on cpu) adds autocast's bf16 copies of the matrices (DDP), or unsharded bf16
     units (FSDP2 with bf16 params, fp32 reduction): the root (embeddings, heads) for the whole step and
     two decoder layers at a time; one process shards nothing. LoRA (``train.lora``, else r=16 on every
-    projection) keeps the frozen base in the compute dtype."""
+    projection) keeps the frozen base in the compute dtype (``training_stages.frozen_base_in_bf16``)."""
     mode = train.mixed_precision if train.mixed_precision != "auto" else ("bf16" if device == "cuda" else "no")
     c = 4 if mode == "no" else 2
     head = 2 * (2 * shape.hidden) * stage1_head_width + 2 * stage1_head_width if stage1_head_width else 0
@@ -269,6 +269,24 @@ def estimate(shape: ModelShape, train: TrainConfig, strategy: Strategy, world_si
     params = 4 * trainable + (c * shape.linear_params if c == 2 else 0)
     return MemoryEstimate(params, 4 * trainable * buckets, 8 * trainable, acts,
                           4 * (trainable if device == "cuda" else shape.largest_param))
+
+
+def host_bytes(shape: ModelShape, strategy: Strategy, processes_per_node: int, bf16: bool = True) -> dict[str, int]:
+    """Host (CPU) memory per node of a GPU stage, beyond the processes' own code and buffers.
+
+    ``load``: the float32 copies read before the weights reach the GPUs. Under FSDP only the main
+    process reads the checkpoint (the others build the model on the meta device and receive their
+    shards); DDP and LoRA load one copy per process. ``final``: the gathered float32 weights the main
+    process writes after a sharded stage (a replicated one writes from the GPU copy, one tensor at a time);
+    LoRA under bf16 reads its frozen base in bf16 and, to merge the adapters into exact weights, the
+    float32 base once more at the end.
+    """
+    copy = 4 * shape.params
+    if strategy == "fsdp" and processes_per_node > 1:
+        return {"load": copy, "final": copy}
+    if strategy == "lora" and bf16:
+        return {"load": 2 * shape.params * processes_per_node, "final": copy}
+    return {"load": copy * processes_per_node, "final": 0}
 
 
 def configured_strategy(train: TrainConfig, gpus: int) -> Strategy:

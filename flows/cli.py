@@ -183,7 +183,7 @@ def report_check(name: str, cfg: PipelineConfig | None, problems: list[str]) -> 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Per-GPU memory of each training stage under DDP, FSDP and LoRA; 0 when each stage's configured
     strategy (``train.lora``, ``train.sharding``) fits, 1 when one does not, 2 when the model has no shape."""
-    from alignx.memory_plan import RESERVED_FRACTION, estimate, plan, usable_bytes
+    from alignx.memory_plan import RESERVED_FRACTION, estimate, host_bytes, plan, usable_bytes
     from alignx.model.model_catalogue import BaseModelError
     from alignx.profiles import load_profile
 
@@ -214,6 +214,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
                       f"{gib(ckpt.total)} ({'fits' if ckpt.total <= usable else 'no'})"})
     print(_table(table))
     print("* the stage's configured strategy (train.lora; train.sharding with more than one GPU; else ddp)")
+    for strategy in sorted({r.strategy for r in rows if r.configured and r.stage != "bootstrap"}):
+        host = host_bytes(shape, strategy, args.gpus)
+        how = {"fsdp": "the main process reads the one float32 copy", "lora": "a bf16 base per process",
+               "ddp": "a float32 copy per process"}[strategy if strategy != "fsdp" or args.gpus > 1 else "ddp"]
+        final = {"fsdp": "the gathered weights", "lora": "the float32 base the adapters merge into"}.get(strategy)
+        print(f"host memory under {strategy} on {args.gpus} GPU(s): {gib(host['load'])} GiB while loading ({how})"
+              + (f", {gib(host['final'])} GiB for the final write ({final})" if host["final"] else ""))
     failing = [f"{r.stage} ({r.strategy})" for r in rows if r.configured and not r.fits]
     for r in rows:  # FSDP that keeps unsharded fp32 gradients between micro-batches: say what syncing saves
         train = getattr(cfg, r.stage).train

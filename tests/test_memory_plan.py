@@ -223,6 +223,9 @@ def test_cli_plan_counts_fp32_accumulated_gradients_and_says_what_syncing_saves(
     rows = _rows(out)
     assert code == 1 and rows["stage1", "fsdp"][7] == "no" and float(rows["stage1", "fsdp"][6]) > 80
     assert "stage1: with stage1.train.grad_sync=micro_batch" in out and "(fits)" in out
+    # host memory: one float32 copy read by the main process (29.9 GiB for 8B), not one per GPU
+    assert "host memory under fsdp on 4 GPU(s): 29.9 GiB while loading (the main process reads" in out
+    assert "29.9 GiB for the final write" in out
     code = main(["plan", "--profile", "paper", "--gpus", "4", "--gpu-memory", "80",
                  "--set", "stage1.train.grad_sync=micro_batch", "--set", "stage2.train.grad_sync=micro_batch"])
     assert code == 0 and _rows(capsys.readouterr().out)["stage1", "fsdp"][7] == "yes"

@@ -91,7 +91,7 @@ class AlignXModel(nn.Module):
         self.tau = tau
         self.lambda_ctr = lambda_ctr
         self.lambda_lam = lambda_lam
-        self.lam_head = LanguageMatchingHead(hidden_size(lm), lam_width).to(lm.dtype)
+        self.lam_head = LanguageMatchingHead(hidden_size(lm), lam_width)  # float32, also over a bf16 LoRA base
         self.lam_head.requires_grad_(lambda_lam > 0)  # the control's head is only a probe: never trained
 
     def forward(self, batch: dict[str, Tensor]) -> LossParts:

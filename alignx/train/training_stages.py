@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -30,7 +31,7 @@ from alignx.model.bootstrap import (
     build_llama, packed_lm_examples, sample_sentences, template_sentences, train_tokenizer,
 )
 from alignx.distributed_run import process_state, written_once
-from alignx.model.lora import add_adapters, merged
+from alignx.model.lora import add_adapters, merged, merged_into
 from alignx.progress import Progress
 from alignx.train.loop import TrainResult, train
 from alignx.train.parallel_strategies import sub_state
@@ -146,15 +147,25 @@ def loads_on_meta(train_cfg: TrainConfig) -> bool:
     return train_cfg.sharding == "fsdp" and state.num_processes > 1 and not state.is_main_process
 
 
+def frozen_base_in_bf16(train_cfg: TrainConfig | None) -> bool:
+    """LoRA under bf16 mixed precision keeps its frozen base in bf16 (half the memory; every matrix
+    product runs in bf16 under autocast anyway); adapters and the L_lam head stay float32."""
+    from alignx.train.loop import mixed_precision_mode
+
+    return train_cfg is not None and train_cfg.lora is not None and mixed_precision_mode(train_cfg.mixed_precision) == "bf16"
+
+
 def load_lm(model: str, train_cfg: TrainConfig | None = None):
-    """The float32 causal LM of ``model``; built on the meta device, without weights, on a process that
-    ``loads_on_meta`` (``alignx.train.parallel_strategies.load_from_main`` fills its shards)."""
+    """The causal LM of ``model`` in float32 (in bf16 for a LoRA base under bf16, ``frozen_base_in_bf16``);
+    built on the meta device, without weights, on a process that ``loads_on_meta``
+    (``alignx.train.parallel_strategies.load_from_main`` fills its shards)."""
     import torch
 
+    dtype = torch.bfloat16 if frozen_base_in_bf16(train_cfg) else torch.float32
     if train_cfg is not None and loads_on_meta(train_cfg):
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model), dtype=torch.float32)
-    return AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model), dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
 
 
 def _load(model: str, train_cfg: TrainConfig | None = None):
@@ -242,18 +253,21 @@ def _inherited_align_layer(model: str, cfg: PipelineConfig, n_layers: int | None
     return layer if 1 <= layer <= n_layers else default_align_layer(n_layers)
 
 
-def _trained(lm, result: TrainResult, adapters=None):
-    """The trained causal LM: ``lm`` itself, or with LoRA, ``lm`` with its adapters merged."""
+def _trained(lm, result: TrainResult, adapters=None, base_model: str | None = None):
+    """The trained causal LM: ``lm`` itself, or with LoRA, ``lm`` with its adapters merged: into the
+    base read again in float32 when training held it in bf16, so the frozen weights stay exact."""
     if adapters is not None:
+        if base_model is not None and next(lm.parameters()).dtype != torch.float32:
+            return merged_into(adapters, AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32))
         return merged(adapters)
     return lm
 
 
-def _save_lm(tmp: Path, lm, result: TrainResult, adapters=None) -> None:
+def _save_lm(tmp: Path, lm, result: TrainResult, adapters=None, base_model: str | None = None) -> None:
     """Write the trained LM's weights to ``tmp``. After a sharded run the gathered state dict is written
     as it is (no second model is built to hold it: one full copy in host memory, not two)."""
     if result.full_state is None or adapters is not None:
-        _trained(lm, result, adapters).save_pretrained(tmp)
+        _trained(lm, result, adapters, base_model).save_pretrained(tmp)
     else:
         lm.save_pretrained(tmp, state_dict=sub_state(result.full_state, "lm."))
 
@@ -334,7 +348,7 @@ def train_stage1(
                    track=_tracker(cfg, "stage1", "control" if control else "alignx", s1.model_dump(mode="json"), key))
 
     def write(tmp: Path) -> None:
-        _save_lm(tmp, lm, result, adapters)
+        _save_lm(tmp, lm, result, adapters, base_model)
         tokenizer.save_pretrained(tmp)
         objective.save_head(tmp, None if result.full_state is None else sub_state(result.full_state, "lam_head."))
 
@@ -370,7 +384,7 @@ def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Pat
                    track=_tracker(cfg, "stage2", _arm_after(model), s2.model_dump(mode="json"), key))
 
     def write(tmp: Path) -> None:
-        _save_lm(tmp, lm, result, adapters)
+        _save_lm(tmp, lm, result, adapters, model)
         tokenizer.save_pretrained(tmp)
 
     record = {"stage": "stage2", "config": s2.model_dump(mode="json"), "base_model": model,

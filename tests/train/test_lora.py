@@ -91,3 +91,33 @@ def test_lora_checkpoint_holds_the_trainable_tensors_only_and_resumes_exactly(ti
     assert read_run_record(crashed)["resumed_from"] == 2
     a, b = load_file(straight / "model.safetensors"), load_file(crashed / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_lora_under_bf16_keeps_the_frozen_base_in_bf16_and_writes_exact_float32_weights(tiny_llama_dir, shards,
+                                                                                        tmp_path, monkeypatch):
+    """The base trains in bf16 (half the memory), adapters and head in float32; the written model is the
+    float32 checkpoint plus the merged adapters: untargeted weights exactly the checkpoint's."""
+    from alignx.train import training_stages
+
+    loaded = []
+    load_lm = training_stages.load_lm
+    monkeypatch.setattr(training_stages, "load_lm", lambda *a, **k: loaded.append(load_lm(*a, **k)) or loaded[-1])
+    cfg = _cfg(tmp_path)
+    cfg = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update={"train": cfg.stage1.train.model_copy(
+        update={"mixed_precision": "bf16"})})})
+    out = tmp_path / "alignx"
+    train_stage1(str(tiny_llama_dir), shards, cfg, out)
+    (lm,) = loaded
+    frozen = {p.dtype for n, p in lm.named_parameters() if "lora_" not in n}
+    adapters = {p.dtype for n, p in lm.named_parameters() if "lora_" in n}
+    assert frozen == {torch.bfloat16} and adapters == {torch.float32}
+    base, trained = load_file(Path(tiny_llama_dir) / "model.safetensors"), load_file(out / "model.safetensors")
+    assert {v.dtype for v in trained.values()} == {torch.float32}
+    targeted = [k for k in base if any(f"{t}.weight" in k for t in ("q_proj", "v_proj", "down_proj"))]
+    for k in base:
+        if k not in targeted:  # bit for bit: not the bf16-rounded copy trained on
+            assert torch.equal(trained[k], base[k]), k
+        else:
+            assert not torch.equal(trained[k], base[k]), k
+            assert (trained[k] - base[k]).abs().max() < 0.1, k  # the adapters' delta, not a rounding of all of W
+    assert {v.dtype for v in load_file(out / "lam_head.safetensors").values()} == {torch.float32}
