@@ -166,6 +166,10 @@ class TrainConfig(Section):
     # "micro_batch" reduce-scatters after each micro-batch, so gradients stay sharded (as torchtitan).
     # The trajectory is the same either way; `alignx plan` counts the one configured.
     grad_sync: Literal["step", "micro_batch"] = "step"
+    # The next-token loss over this many predicted positions at a time, each chunk's logits recomputed
+    # in backward: the float32 logits of a large vocabulary (16 x 512 x 128k: 4 GiB, and as much again
+    # for their gradient) never exist whole. None: the whole micro-batch at once.
+    loss_chunk_tokens: int | None = Field(None, ge=1)
     lora: LoraConfig | None = None  # None: full fine-tuning
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)

@@ -6,7 +6,8 @@ padded), for a Llama-style block with SDPA attention and a SwiGLU MLP; c is the 
 head_dim and MLP widths:
   layer = (16 + 2c) h + c (4q + 4i) + 4 (heads + 2)  [+ (4 + c)(q + kv) + 4 (heads + kv_heads) with q/k norms]
   top   = (8 + c) h + 12 vocab + 4 T + 8 head_dim  (final norm; fp32 log-probs, their gradient and the
-          logits' gradient alive together at the start of backward; the padding mask; rope cos/sin)
+          logits' gradient alive together at the start of backward; the padding mask; rope cos/sin);
+          under train.loss_chunk_tokens the 12 vocab is paid for one chunk of positions, not per token
 (residual stream and norms in fp32; k and v repeated to all heads, as transformers does under a padding
 mask; no attention matrix), plus c r per LoRA target and stage 1's head on all (2B)^2 pairs. The
 hidden-state list of ``output_hidden_states`` holds the layer inputs the graph keeps anyway, so it adds
@@ -227,11 +228,16 @@ def activation_bytes(shape: ModelShape, train: TrainConfig, c: int, *, head_widt
     layer += c * lora.r * len(lora.target_modules) if lora else 0  # each adapter's rank-r intermediate
     if shape.qk_norm:
         layer += (4 + c) * (q + kv) + 4 * (shape.heads + shape.kv_heads)
-    top = (8 + c) * h + 12 * shape.vocab + 4 * train.max_length + 8 * shape.head_dim
-    kept = shape.layers * 4 * h + layer if train.gradient_checkpointing else shape.layers * layer
     tokens = train.micro_batch_size * train.max_length
+    # the float32 log-probabilities and gradients of the whole micro-batch, or of one chunk of positions
+    # at a time under train.loss_chunk_tokens
+    per_token_vocab, chunk_vocab = 12 * shape.vocab, 0
+    if train.loss_chunk_tokens:
+        per_token_vocab, chunk_vocab = 0, 12 * shape.vocab * min(train.loss_chunk_tokens, tokens)
+    top = (8 + c) * h + per_token_vocab + 4 * train.max_length + 8 * shape.head_dim
+    kept = shape.layers * 4 * h + layer if train.gradient_checkpointing else shape.layers * layer
     pairs = (2 * train.micro_batch_size) ** 2 if head_width else 0  # the LaM head judges every ordered pair
-    return tokens * (kept + top) + 4 * pairs * 4 * (head_width or 0)
+    return tokens * (kept + top) + chunk_vocab + 4 * pairs * 4 * (head_width or 0)
 
 
 def estimate(shape: ModelShape, train: TrainConfig, strategy: Strategy, world_size: int,

@@ -15,7 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from alignx.model.losses import LanguageMatchingHead, contrastive_loss, language_matching_loss, lm_loss, span_mean
+from alignx.model.losses import (
+    LanguageMatchingHead, chunked_lm_loss, contrastive_loss, language_matching_loss, lm_loss, output_head, span_mean,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,13 @@ class AlignXModel(nn.Module):
         lambda_ctr: float = 0.3,
         lambda_lam: float = 0.4,
         lam_width: int = 128,
+        loss_chunk_tokens: int | None = None,
     ):
         super().__init__()
         check_align_layer(align_layer, num_layers(lm))
+        self.loss_chunk_tokens = loss_chunk_tokens
+        if loss_chunk_tokens:
+            output_head(lm)  # refuses a head the chunked loss would not reproduce
         self.lm = lm
         self.align_layer = align_layer
         self.tau = tau
@@ -102,9 +108,11 @@ class AlignXModel(nn.Module):
             position_ids=position_ids_from_mask(batch["attention_mask"]),
             output_hidden_states=True,
             use_cache=False,
+            # the chunked loss makes its own logits from the final states: none here but the last position's
+            **({"logits_to_keep": 1} if self.loss_chunk_tokens else {}),
         )
         align_states, final_states = out.hidden_states[self.align_layer], out.hidden_states[-1]
-        logits = out.logits
+        logits = None if self.loss_chunk_tokens else out.logits
         del out  # drop the other layers' states right away
         return self.losses_from_states(logits, align_states, final_states, batch)
 
@@ -112,7 +120,12 @@ class AlignXModel(nn.Module):
         self, logits: Tensor, align_states: Tensor, final_states: Tensor, batch: dict[str, Tensor]
     ) -> LossParts:
         """The three losses from the logits and the two layers' states [B, T, d] of one batch."""
-        l_lm = lm_loss(logits, batch["labels"], batch.get("lm_denominator"))
+        if logits is None:  # train.loss_chunk_tokens: the logits of a chunk of positions at a time
+            weight, softcap = output_head(self.lm)
+            l_lm = chunked_lm_loss(final_states, weight, batch["labels"], self.loss_chunk_tokens,
+                                   batch.get("lm_denominator"), softcap)
+        else:
+            l_lm = lm_loss(logits, batch["labels"], batch.get("lm_denominator"))
         ok = batch["span_ok"]
         usable = int(ok.sum())
         src, tgt = batch["src_span"][ok], batch["tgt_span"][ok]
@@ -156,16 +169,26 @@ class AlignXModel(nn.Module):
 class CausalLMObjective(nn.Module):
     """Plain language modelling (bootstrap pre-training, stage-2 SFT) in the loop's objective shape."""
 
-    def __init__(self, lm: nn.Module):
+    def __init__(self, lm: nn.Module, loss_chunk_tokens: int | None = None):
         super().__init__()
         self.lm = lm
+        self.loss_chunk_tokens = loss_chunk_tokens
+        if loss_chunk_tokens:
+            output_head(lm)
 
     def forward(self, batch: dict[str, Tensor]) -> LossParts:
+        chunked = {"output_hidden_states": True, "logits_to_keep": 1} if self.loss_chunk_tokens else {}
         out = self.lm(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             position_ids=position_ids_from_mask(batch["attention_mask"]),
             use_cache=False,
+            **chunked,
         )
-        loss = lm_loss(out.logits, batch["labels"], batch.get("lm_denominator"))
+        if self.loss_chunk_tokens:
+            weight, softcap = output_head(self.lm)
+            loss = chunked_lm_loss(out.hidden_states[-1], weight, batch["labels"], self.loss_chunk_tokens,
+                                   batch.get("lm_denominator"), softcap)
+        else:
+            loss = lm_loss(out.logits, batch["labels"], batch.get("lm_denominator"))
         return LossParts(loss, float(loss.detach()), 0.0, 0.0, 0)

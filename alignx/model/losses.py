@@ -40,6 +40,45 @@ def lm_loss(logits: Tensor, labels: Tensor, denominator: Tensor | float | None =
     return total / denominator
 
 
+def _chunk_ce_sum(hidden: Tensor, weight: Tensor, targets: Tensor, softcap: float | None) -> Tensor:
+    logits = F.linear(hidden, weight)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def chunked_lm_loss(hidden: Tensor, weight: Tensor, labels: Tensor, chunk_tokens: int,
+                    denominator: Tensor | float | None = None, softcap: float | None = None) -> Tensor:
+    """``lm_loss`` from the final hidden states [B, T, d] and the output embedding ``weight`` [V, d],
+    ``chunk_tokens`` predicted positions at a time: only positions with a target get logits, and each
+    chunk's logits are recomputed in backward (``torch.utils.checkpoint``), so the [B, T, V] float32
+    logits of a large vocabulary never exist whole. ``softcap``: Gemma's final logit soft-capping."""
+    from torch.utils.checkpoint import checkpoint
+
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+    keep = targets != IGNORE_INDEX
+    states, targets = hidden.reshape(-1, hidden.size(-1))[keep], targets[keep]
+    total = hidden.sum() * 0.0  # keeps the graph (and dtype/device) when there is no target
+    for start in range(0, targets.numel(), chunk_tokens):
+        end = start + chunk_tokens
+        total = total + checkpoint(_chunk_ce_sum, states[start:end], weight, targets[start:end], softcap,
+                                   use_reentrant=False)
+    if denominator is None:
+        denominator = keep.sum().clamp(min=1)
+    return total.float() / denominator
+
+
+def output_head(lm) -> tuple[Tensor, float | None]:
+    """The output embedding's weight and the final logit soft-cap of a causal LM, for ``chunked_lm_loss``;
+    refuses a head it would compute differently from the model (a bias, a logit scale)."""
+    head = lm.get_output_embeddings()
+    config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    if getattr(head, "bias", None) is not None or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        raise ValueError(f"train.loss_chunk_tokens: {type(lm).__name__}'s output head has a bias or a logit scale; "
+                         "the chunked loss does not reproduce it (leave loss_chunk_tokens unset)")
+    return head.weight, getattr(config, "final_logit_softcapping", None)
+
+
 def span_mean(hidden: Tensor, spans: Tensor, shift: int = 0) -> Tensor:
     """Mean of ``hidden[b, t]`` over ``t`` in ``[start - shift, end - shift)`` for each row's span.
 

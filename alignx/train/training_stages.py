@@ -299,7 +299,7 @@ def bootstrap_base_model(shards_dir: Path, cfg: PipelineConfig, out_dir: Path, p
     key = fingerprint("bootstrap", boot.tokenizer, boot.model, len(sentences), sentences[:1000])
     log.info("bootstrap: %d sentences -> %d packed blocks of %d tokens", len(sentences), len(examples),
              boot.train.max_length)
-    result = train(CausalLMObjective(lm), examples, tokenizer.pad_token_id, boot.train, work, run_key=key,
+    result = train(CausalLMObjective(lm, boot.train.loss_chunk_tokens), examples, tokenizer.pad_token_id, boot.train, work, run_key=key,
                    progress=progress, desc="bootstrap",
                    track=_tracker(cfg, "bootstrap", "base", boot.model_dump(mode="json"), key))
 
@@ -339,7 +339,8 @@ def train_stage1(
     set_seed(s1.train.seed)  # the head's initialisation: identical in both arms
     objective = AlignXModel(lm, align_layer, tau=s1.tau,
                             lambda_ctr=0.0 if control else s1.lambda_ctr,
-                            lambda_lam=0.0 if control else s1.lambda_lam, lam_width=s1.lam_width)
+                            lambda_lam=0.0 if control else s1.lambda_lam, lam_width=s1.lam_width,
+                            loss_chunk_tokens=s1.train.loss_chunk_tokens)
     adapters = add_adapters(lm, s1.train.lora) if s1.train.lora else None  # after the head: same head init
     key = fingerprint("stage1", _model_key(base_model), s1.model_dump(exclude={"train"}), control,
                       align_layer, languages, list(rows["example_id"]))
@@ -379,7 +380,7 @@ def train_stage2(model: str, shards_dir: Path, cfg: PipelineConfig, out_dir: Pat
     _check_fit("stage2", examples, examples.with_target_span(), s2.train.max_length)
     key = fingerprint("stage2", _model_key(model), s2.model_dump(exclude={"train"}), list(rows["example_id"]))
     adapters = add_adapters(lm, s2.train.lora) if s2.train.lora else None
-    result = train(CausalLMObjective(lm), examples, tokenizer.pad_token_id, s2.train, work_dir_for(out_dir),
+    result = train(CausalLMObjective(lm, s2.train.loss_chunk_tokens), examples, tokenizer.pad_token_id, s2.train, work_dir_for(out_dir),
                    run_key=key, progress=progress, desc="stage2",
                    track=_tracker(cfg, "stage2", _arm_after(model), s2.model_dump(mode="json"), key))
 

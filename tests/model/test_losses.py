@@ -159,3 +159,50 @@ def test_every_trainable_parameter_gets_a_gradient_each_step(sp_tokenizer, arm, 
     assert missing == []
     head_trainable = any(p.requires_grad for p in model.lam_head.parameters())
     assert head_trainable is (arm == "alignx")  # the control's head is a frozen probe
+
+
+@pytest.mark.parametrize("model_type,extra", [("llama", {"tie_word_embeddings": True}),
+                                              ("gemma3_text", {"head_dim": 16, "final_logit_softcapping": 5.0})])
+def test_chunked_lm_loss_equals_the_whole_one_in_value_and_gradient(model_type, extra):
+    """train.loss_chunk_tokens: logits of a few positions at a time (recomputed in backward) give the loss
+    and the gradients of the whole [B, T, V] logits, masked positions and soft-capping included."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from alignx.model.alignx_model import CausalLMObjective
+
+    config = AutoConfig.for_model(model_type, vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=1, **extra)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 300, (3, 11), generator=g)
+    labels = ids.clone()
+    labels[:, :4] = -100  # a masked prompt
+    labels[0, -2:] = -100  # padding
+    mask = torch.ones_like(ids)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "lm_denominator": torch.tensor(7.0)}
+    results = []
+    for chunk in (None, 5):
+        torch.manual_seed(0)
+        lm = AutoModelForCausalLM.from_config(config)
+        loss = CausalLMObjective(lm, loss_chunk_tokens=chunk)(batch).loss
+        loss.backward()
+        results.append((float(loss), {n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None}))
+    (whole, grads_whole), (chunked, grads_chunked) = results
+    assert chunked == pytest.approx(whole, rel=1e-5)
+    assert grads_whole.keys() == grads_chunked.keys()
+    for name, grad in grads_whole.items():
+        torch.testing.assert_close(grads_chunked[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_chunked_lm_loss_keeps_the_stage1_losses(sp_tokenizer):
+    """AlignX with a chunked next-token loss: L_lm, L_ctr and L_lam as without chunking."""
+    lm = tiny_causal_lm("llama", sp_tokenizer, layers=2)
+    ids = torch.randint(3, len(sp_tokenizer), (4, 12), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
+             "span_ok": torch.tensor([True, True, True, False]), "src_span": torch.tensor([[1, 4]] * 4),
+             "tgt_span": torch.tensor([[6, 10]] * 4), "src_lang": torch.tensor([0, 1, 0, 1]),
+             "tgt_lang": torch.tensor([1, 0, 1, 0])}
+    parts = []
+    for chunk in (None, 8):
+        torch.manual_seed(0)
+        parts.append(AlignXModel(lm, 1, lam_width=8, loss_chunk_tokens=chunk)(batch).as_dict())
+    assert parts[1] == pytest.approx(parts[0], rel=1e-5)
