@@ -75,11 +75,12 @@ def test_a_converted_catalogue_checkpoint_is_read_first(tmp_path):
 
 
 _REFERENCE = {f"stage{n}.train.{key}": value for n in (1, 2) for key, value in
-              (("sharding", "none"), ("mixed_precision", "fp16"), ("gradient_checkpointing", False))}
+              (("sharding", "none"), ("mixed_precision", "fp16"), ("gradient_checkpointing", False),
+               ("loss_chunk_tokens", None))}
 
 
 def test_fsdp_shards_what_ddp_replicates():
-    cfg = load_profile("paper", _REFERENCE)  # the reference's systems settings: fp16, DDP, no checkpointing
+    cfg = load_profile("paper", _REFERENCE)  # the reference's systems settings: fp16, DDP, no checkpointing, whole logits
     shape, train = published_shape(cfg.base_model), cfg.stage1.train  # global batch 128 = 16 x 8 GPUs
     ddp = estimate(shape, train, "ddp", 8, "cuda")
     fsdp1, fsdp8 = (estimate(shape, train, "fsdp", n, "cuda") for n in (1, 8))
@@ -109,7 +110,8 @@ def _rows(out: str) -> dict[tuple[str, str], list[str]]:
 
 
 def test_cli_plan_for_an_8b_model_on_eight_80gib_gpus(capsys):
-    reference = [arg for key, value in _REFERENCE.items() for arg in ("--set", f"{key}={str(value).lower()}")]
+    reference = [arg for key, value in _REFERENCE.items()
+                 for arg in ("--set", f"{key}={'null' if value is None else str(value).lower()}")]
     code = main(["plan", "--profile", "paper", "--gpus", "8", "--gpu-memory", "80", *reference])
     out, err = capsys.readouterr()
     assert code == 1 and "does not fit as configured: stage1 (ddp), stage2 (ddp)" in err
