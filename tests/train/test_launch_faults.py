@@ -15,6 +15,8 @@ from alignx.profiles import parse_config
 from alignx.train.worker import is_out_of_memory
 from tests.train.tiny import LANGS
 
+pytestmark = pytest.mark.slow  # launched groups: scheduled first
+
 NCCL = ("NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3356, unhandled cuda error "
         "(run with NCCL_DEBUG=INFO for details), NCCL version 2.21.5\nncclUnhandledCudaError: Call to CUDA "
         "function failed.\nLast error:\nCuda failure 'out of memory'")

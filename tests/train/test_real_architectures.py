@@ -75,8 +75,8 @@ def run(request, mirror, shards, tmp_path_factory) -> FamilyRun:
     loaded = []
     load = training_stages._load
 
-    def keep_model(model: str):  # the stage's own model object, to compare with what it saved
-        tokenizer, lm = load(model)
+    def keep_model(model: str, train_cfg=None):  # the stage's own model object, to compare with what it saved
+        tokenizer, lm = load(model, train_cfg)
         loaded.append(lm)
         return tokenizer, lm
 
