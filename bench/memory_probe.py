@@ -1,6 +1,7 @@
 """Peak memory of real CPU training steps (tests/test_memory_plan.py, bench/scale.py): ``python memory_probe.py JSON``.
 
-JSON is a list of {"model_type", "config", "batch", "seq", "pad"}. For each model: a one-layer warm-up
+JSON is a list of {"model_type", "config", "batch", "seq", "pad"[, "lora"]} (with "lora": adapters on
+the model, only they train). For each model: a one-layer warm-up
 of the same architecture (so code pages and one-time buffers are in the baseline), then the baseline,
 the peak reset (/proc/self/clear_refs 5), a short step that allocates the gradients and AdamW's state,
 and a full padded step, measured. Run with MALLOC_MMAP_THRESHOLD_=65536 so freed tensors go back to
@@ -30,6 +31,10 @@ MODELS = {
         "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 1536, "tie_word_embeddings": True}},
 }
 BATCH, SEQ, PAD = 4, 128, 5
+# LoRA on the Llama: r 16 on every projection (adapters, their AdamW state and the frozen base)
+LORA = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"]}
+PROBES = [*MODELS, "llama-lora"]  # the probe's results, in order
 
 
 def probe_command(repo: str) -> tuple[list[str], dict[str, str]]:
@@ -38,6 +43,7 @@ def probe_command(repo: str) -> tuple[list[str], dict[str, str]]:
     import os
 
     specs = [{**spec, "batch": BATCH, "seq": SEQ, "pad": PAD} for spec in MODELS.values()]
+    specs.append({**MODELS["llama"], "batch": BATCH, "seq": SEQ, "pad": PAD, "lora": LORA})
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": repo}
     return [sys.executable, __file__, json.dumps(specs)], env
@@ -62,13 +68,18 @@ def batch(vocab: int, size: int, seq: int, pad: int) -> dict[str, torch.Tensor]:
             "labels": ids.masked_fill(mask == 0, -100)}
 
 
-def train(config, size: int, seq: int, pad: int) -> tuple[int, int]:
+def train(config, size: int, seq: int, pad: int, lora: dict | None = None) -> tuple[int, int]:
     """Build, take a short step and a full one as the stage loop does; RSS after building and after the steps."""
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
+    if lora:
+        from alignx.config import LoraConfig
+        from alignx.model.lora import add_adapters
+
+        add_adapters(model, LoraConfig(**lora))
     model.train()
     built = memory()["VmRSS"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     for seq_len, pad_len in ((8, 1), (seq, pad)):
         b = batch(config.vocab_size, size, seq_len, pad_len)
         out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"],
@@ -98,7 +109,7 @@ def main() -> None:
                 fh.write("5")  # resets VmHWM to the current resident size
         except OSError:  # kernel or sandbox without it: the warm-up's peak is small beside the measured one
             pass
-        built, after = train(config, spec["batch"], spec["seq"], spec["pad"])
+        built, after = train(config, spec["batch"], spec["seq"], spec["pad"], spec.get("lora"))
         end = memory()
         results.append({"built": built - base["VmRSS"], "static": after - base["VmRSS"],
                         "peak": end["VmHWM"] - base["VmRSS"], "file_growth": end["RssFile"] - base["RssFile"]})

@@ -13,7 +13,7 @@ from alignx.config import REPO_ROOT, LoraConfig, TrainConfig
 from alignx.memory_plan import base_model_shape, estimate, gguf_shape, plan, published_shape, shape_from_config
 from alignx.model.model_catalogue import BaseModelError, load_catalogue
 from alignx.profiles import load_profile
-from bench.memory_probe import BATCH, MODELS, SEQ, probe_command
+from bench.memory_probe import BATCH, LORA, MODELS, PROBES, SEQ, probe_command
 from flows.cli import main
 
 
@@ -36,7 +36,7 @@ def measured(probe) -> dict[str, dict[str, int]]:
     """Bytes over the baseline of one real training step of each model, measured in a fresh process."""
     stdout, stderr = probe.communicate(timeout=300)
     assert probe.returncode == 0, stderr[-3000:]
-    return dict(zip(MODELS, json.loads(stdout.splitlines()[-1])))
+    return dict(zip(PROBES, json.loads(stdout.splitlines()[-1])))
 
 
 def test_published_shapes_build_their_published_counts():
@@ -241,3 +241,18 @@ def test_a_chunked_loss_takes_the_vocabulary_out_of_the_activations():
     tokens = train.micro_batch_size * train.max_length
     assert whole.activations - chunked.activations == 12 * shape.vocab * (tokens - 1024)
     assert chunked.activations < 0.8 * whole.activations  # the 128k vocabulary's logits were a large share
+
+
+def test_lora_estimate_is_within_15_percent_of_measured_peak(measured):
+    """LoRA: the frozen base (float32 on the CPU), adapters with their gradients and AdamW state, and
+    activations that still run through every frozen layer."""
+    from transformers import AutoConfig
+
+    spec = MODELS["llama"]
+    shape = shape_from_config(AutoConfig.for_model(spec["model_type"], **spec["config"]), "llama")
+    train = TrainConfig(micro_batch_size=BATCH, max_length=SEQ, mixed_precision="no", lora=LoraConfig(**LORA))
+    est = estimate(shape, train, "lora", 1, "cpu")
+    got = measured["llama-lora"]
+    print(f"llama LoRA: measured peak {got['peak'] / 2**20:.1f} MiB vs estimate {est.total / 2**20:.1f}")
+    assert abs(got["peak"] / est.total - 1) < 0.15
+    assert got["peak"] < 0.7 * measured["llama"]["peak"]  # no gradients or AdamW state for the base
