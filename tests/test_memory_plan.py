@@ -256,3 +256,20 @@ def test_lora_estimate_is_within_15_percent_of_measured_peak(measured):
     print(f"llama LoRA: measured peak {got['peak'] / 2**20:.1f} MiB vs estimate {est.total / 2**20:.1f}")
     assert abs(got["peak"] / est.total - 1) < 0.15
     assert got["peak"] < 0.7 * measured["llama"]["peak"]  # no gradients or AdamW state for the base
+
+
+@pytest.mark.slow  # two torchrun groups of two processes
+def test_fsdp_estimate_is_within_15_percent_of_measured_peaks_with_and_without_accumulation():
+    """FSDP2 on two gloo processes: the plan's per-process peak against each process's measured one;
+    with accumulation the unsharded gradients stay between micro-batches and the plan counts them."""
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "fsdp_memory_probe.py")], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["accumulation"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
+    assert set(rows) == {1, 2}
+    for row in rows.values():
+        print(row)
+        assert abs(row["measured_over_plan"] - 1) < 0.15, row
+    assert min(rows[2]["measured_mib"]) > max(rows[1]["measured_mib"])  # accumulation really kept more
