@@ -1,11 +1,12 @@
 """The memory plan's FSDP rows against real sharded CPU training steps: two gloo processes, with and
 without gradient accumulation.
 
-For accumulation 1 and 2: ``torchrun --nproc-per-node 2`` of this file's worker, which shards the
-25M-parameter Llama of ``bench/memory_probe.py`` with ``fully_shard`` per decoder layer and then the
-whole model (as ``Sharded`` does), warms up on a one-layer model, resets the peak and takes a short
-step and a full one of 4 x 128 tokens per micro-batch (``set_requires_gradient_sync`` only on the last
-micro-batch, as the loop); each process reports its peak resident memory over its baseline. Prints one
+One ``torchrun --nproc-per-node 2`` of this file's worker, which warms up on a one-layer model, then for
+accumulation 1 and then 2 shards the 25M-parameter Llama of ``bench/memory_probe.py`` with ``fully_shard``
+per decoder layer and then the whole model (as ``Sharded`` does), resets the peak and takes a short step
+and a full one of 4 x 128 tokens per micro-batch (``set_requires_gradient_sync`` only on the last
+micro-batch, as the loop); each process reports, per setting, its peak resident memory over its baseline
+(large blocks are mmapped, so what one setting frees goes back to the system before the next). Prints one
 JSON line per setting: measured peaks, the plan's ``estimate(..., "fsdp", 2, "cpu")`` and their ratio.
 
     .venv/bin/python bench/fsdp_memory_probe.py
@@ -23,9 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+ACCUMULATIONS = (1, 2)
 
 
-def worker(accum: int, out: str) -> None:
+def worker(out: str) -> None:
     import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -61,13 +63,14 @@ def worker(accum: int, out: str) -> None:
 
     warm = AutoConfig.for_model(spec["model_type"], **{**spec["config"], "num_hidden_layers": 1, "vocab_size": 512})
     run(warm, 2, 16, 2, 1)
-    gc.collect()
-    base = memory()
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    run(AutoConfig.for_model(spec["model_type"], **spec["config"]), BATCH, SEQ, PAD, accum)
-    peak = memory()["VmHWM"] - base["VmRSS"]
-    Path(out, f"acc{accum}-rank{state.process_index}.json").write_text(json.dumps({"peak": peak}))
+    for accum in ACCUMULATIONS:
+        gc.collect()
+        base = memory()
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        run(AutoConfig.for_model(spec["model_type"], **spec["config"]), BATCH, SEQ, PAD, accum)
+        peak = memory()["VmHWM"] - base["VmRSS"]
+        Path(out, f"acc{accum}-rank{state.process_index}.json").write_text(json.dumps({"peak": peak}))
 
 
 def main() -> int:
@@ -82,10 +85,10 @@ def main() -> int:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory() as tmp:
-        for accum in (1, 2):
-            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                            __file__, "--worker", str(accum), tmp], check=True, env=env, cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        __file__, "--worker", tmp], check=True, env=env, cwd=REPO,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for accum in ACCUMULATIONS:
             peaks = [json.loads(Path(tmp, f"acc{accum}-rank{r}.json").read_text())["peak"] for r in (0, 1)]
             est = estimate(shape, TrainConfig(micro_batch_size=BATCH, max_length=SEQ, mixed_precision="no",
                                               grad_accum=accum), "fsdp", 2, "cpu")
@@ -98,6 +101,6 @@ def main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(int(sys.argv[2]), sys.argv[3])
+        worker(sys.argv[2])
         sys.exit(0)
     sys.exit(main())

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from alignx.config import REPO_ROOT, ConfigError, PipelineConfig
+from alignx.plan_report import text_table as _table
 from alignx.preflight import PreflightError, profile_problems
 from alignx.profiles import available_profiles
 from alignx.stages_and_arms import ARMS, STAGE1_ARMS, STAGE2_ARMS, STAGES, TRAINING_STAGES
@@ -82,16 +83,6 @@ def _argument_problems(args: argparse.Namespace) -> list[str]:
     if args.command == "eval" and not Path(args.model).is_dir():
         problems.append(f"--model: {args.model} is not a checkpoint directory")
     return problems
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no rows)"
-    cols = list(dict.fromkeys(k for row in rows for k in row))
-    widths = {c: max(len(str(c)), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    line = "  ".join(str(c).ljust(widths[c]) for c in cols)
-    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
-    return "\n".join([line, "-" * len(line), *body])
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -183,59 +174,16 @@ def report_check(name: str, cfg: PipelineConfig | None, problems: list[str]) -> 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Per-GPU memory of each training stage under DDP, FSDP and LoRA; 0 when each stage's configured
     strategy (``train.lora``, ``train.sharding``) fits, 1 when one does not, 2 when the model has no shape."""
-    from alignx.memory_plan import RESERVED_FRACTION, estimate, host_bytes, plan, usable_bytes
     from alignx.model.model_catalogue import BaseModelError
+    from alignx.plan_report import print_plan
     from alignx.profiles import load_profile
 
     cfg = load_profile(args.profile, _overrides(args.set))
     try:
-        rows = plan(cfg, args.gpus, args.gpu_memory)
+        return print_plan(cfg, args.gpus, args.gpu_memory)
     except (BaseModelError, ValueError) as exc:  # no shape for the model, LoRA targets it does not have
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    usable = usable_bytes(args.gpu_memory)
-
-    def gib(n: int) -> str:
-        return f"{n / 2**30:.1f}" if n >= 2**30 else f"{n / 2**30:.2g}"
-
-    shape = next(r.shape for r in rows if r.stage != "bootstrap")
-    print(f"model {shape.name}: {shape.params:,} parameters ({shape.layers} layers, hidden {shape.hidden}, "
-          f"{shape.heads}/{shape.kv_heads} heads, vocab {shape.vocab:,}, {'tied' if shape.tied else 'untied'})")
-    print(f"per-GPU GiB on {args.gpus} GPU(s) of {args.gpu_memory:g} GiB, {RESERVED_FRACTION:.0%} reserved for the "
-          f"CUDA context, NCCL buffers and fragmentation: {gib(usable)} GiB usable")
-    table = []
-    for r in rows:
-        e, ckpt = r.estimate, r.with_checkpointing
-        table.append({"stage": r.stage, "strategy": r.strategy + ("*" if r.configured else ""),
-                      "params": gib(e.params), "grads": gib(e.grads), "optimizer": gib(e.optimizer),
-                      "activations": gib(e.activations), "total": gib(e.total),
-                      "fits": "yes" if r.fits else "no",
-                      "with gradient_checkpointing": "-" if ckpt is None else
-                      f"{gib(ckpt.total)} ({'fits' if ckpt.total <= usable else 'no'})"})
-    print(_table(table))
-    print("* the stage's configured strategy (train.lora; train.sharding with more than one GPU; else ddp)")
-    for strategy in sorted({r.strategy for r in rows if r.configured and r.stage != "bootstrap"}):
-        host = host_bytes(shape, strategy, args.gpus)
-        how = {"fsdp": "the main process reads the one float32 copy", "lora": "a bf16 base per process",
-               "ddp": "a float32 copy per process"}[strategy if strategy != "fsdp" or args.gpus > 1 else "ddp"]
-        final = {"fsdp": "the gathered weights", "lora": "the float32 base the adapters merge into"}.get(strategy)
-        print(f"host memory under {strategy} on {args.gpus} GPU(s): {gib(host['load'])} GiB while loading ({how})"
-              + (f", {gib(host['final'])} GiB for the final write ({final})" if host["final"] else ""))
-    failing = [f"{r.stage} ({r.strategy})" for r in rows if r.configured and not r.fits]
-    for r in rows:  # FSDP that keeps unsharded fp32 gradients between micro-batches: say what syncing saves
-        train = getattr(cfg, r.stage).train
-        if r.configured and not r.fits and r.strategy == "fsdp" and train.grad_sync == "step":
-            synced = estimate(r.shape, train.model_copy(update={"grad_sync": "micro_batch"}), "fsdp", args.gpus,
-                              "cuda", stage1_head_width=cfg.stage1.lam_width if r.stage == "stage1" else None)
-            if synced.total < r.estimate.total:
-                print(f"{r.stage}: with {r.stage}.train.grad_sync=micro_batch (gradients reduce-scattered after "
-                      f"each micro-batch, never kept whole) it needs {gib(synced.total)} GiB per GPU"
-                      f" ({'fits' if synced.total <= usable else 'still over'})")
-    if failing:
-        print(f"does not fit as configured: {', '.join(failing)}", file=sys.stderr)
-        return 1
-    print("every training stage fits as configured")
-    return 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

@@ -258,7 +258,7 @@ def test_lora_estimate_is_within_15_percent_of_measured_peak(measured):
     assert got["peak"] < 0.7 * measured["llama"]["peak"]  # no gradients or AdamW state for the base
 
 
-@pytest.mark.slow  # two torchrun groups of two processes
+@pytest.mark.slow  # one torchrun group of two processes
 def test_fsdp_estimate_is_within_15_percent_of_measured_peaks_with_and_without_accumulation():
     """FSDP2 on two gloo processes: the plan's per-process peak against each process's measured one;
     with accumulation the unsharded gradients stay between micro-batches and the plan counts them."""

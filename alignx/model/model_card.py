@@ -22,7 +22,7 @@ from alignx.eval.eval_records import ITEMS_DIR, METRICS_FILE
 from alignx.eval.stats import paired_bootstrap
 from alignx.jsonl import iter_jsonl
 from alignx.model.gguf_conversion import RECORD_FILE
-from alignx.training_records import RUN_RECORD, TRAIN_LOG, read_log, read_run_record
+from alignx.training_records import RUN_RECORD, read_run_record
 
 CARD_FILE = "README.md"
 

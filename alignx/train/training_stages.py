@@ -174,7 +174,6 @@ def _load(model: str, train_cfg: TrainConfig | None = None):
     On a process that ``loads_on_meta`` the LM is built from its config on the meta device: no weights
     are read or allocated there (``alignx.train.parallel_strategies.load_from_main`` fills its shards).
     """
-    import torch
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     if tokenizer.pad_token_id is None:

@@ -348,7 +348,7 @@ def dispatch_to_deployments(work: Path, mirror: Path) -> dict:
     deployment on the GPU pool; the stage-1 checkpoint is evaluated too. Then a child that fails fails
     the parent with the child's message."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import FlowRunFilter
     from prefect.deployments import run_deployment
 
     out: dict = {}
