@@ -254,31 +254,53 @@ def _layer_tables(arms: dict[str, ArmEval]) -> list[str]:
     return out
 
 
-DOWNSTREAM = ("acc", "exact_match", "chrf_seg", "off_target")
+# What a downstream verdict weighs: task quality (accuracy, chrF++ per segment), and apart from it whether
+# the model answers in the requested language (a wrong-language answer already scores low on chrF++, so
+# an off-target change alone is not a gain in translation)
+QUALITY = ("acc", "exact_match", "chrf_seg")
+LANGUAGE = ("off_target",)
 
 
 def downstream_verdict(compared: list[tuple[str, str, str, str, float, float, float]]) -> str | None:
     """One sentence: does AlignX beat the compute-matched control downstream (benchmarks, translation)?
 
-    Judged on the language-averaged differences with paired intervals: better or worse only where the
-    interval excludes zero; None when the control or AlignX was not evaluated downstream.
+    Judged on the language-averaged differences with paired intervals, better or worse only where the
+    interval excludes zero. "Helps" and "hurts" are about task quality; a change in the off-target rate
+    is stated beside it, never counted as quality. None when the control or AlignX was not evaluated
+    downstream.
     """
-    rows = [(g, m, d, lo, hi) for t, r, g, m, d, lo, hi in compared if (t, r) == ("alignx", "control") and m in DOWNSTREAM]
+    rows = [(g, m, d, lo, hi) for t, r, g, m, d, lo, hi in compared
+            if (t, r) == ("alignx", "control") and m in QUALITY + LANGUAGE]
     if not rows:
         return None
-    better, worse = [], []
-    for group, metric, d, lo, hi in rows:
-        if excludes_zero(lo, hi):
-            good = (d < 0) if metric in LOWER_IS_BETTER else (d > 0)
-            (better if good else worse).append(f"{group} {metric} {_fmt_diff(metric, d, lo, hi).rstrip(' *')}")
-    tested = f"{len(rows)} downstream comparison{'s' if len(rows) > 1 else ''} with the compute-matched control"
-    if not better and not worse:
-        return f"Downstream, AlignX does not measurably help: none of the {tested} has an interval that excludes zero."
+
+    def split(metrics: tuple[str, ...]) -> tuple[list[str], list[str], int]:
+        better, worse = [], []
+        chosen = [row for row in rows if row[1] in metrics]
+        for group, metric, d, lo, hi in chosen:
+            if excludes_zero(lo, hi):
+                good = (d < 0) if metric in LOWER_IS_BETTER else (d > 0)
+                (better if good else worse).append(f"{group} {metric} {_fmt_diff(metric, d, lo, hi).rstrip(' *')}")
+        return better, worse, len(chosen)
+
+    better, worse, n = split(QUALITY)
+    tested = f"{n} quality comparison{'s' if n != 1 else ''} (accuracy, chrF++) with the compute-matched control"
     if better and not worse:
-        return f"Downstream, AlignX helps: better on {'; '.join(better)}, worse on none of the {tested}."
-    if worse and not better:
-        return f"Downstream, AlignX hurts: worse on {'; '.join(worse)}, better on none of the {tested}."
-    return f"Downstream, AlignX is mixed: better on {'; '.join(better)}; worse on {'; '.join(worse)} ({tested})."
+        verdict = f"Downstream, AlignX helps: better on {'; '.join(better)}, worse on none of the {tested}."
+    elif worse and not better:
+        verdict = f"Downstream, AlignX hurts: worse on {'; '.join(worse)}, better on none of the {tested}."
+    elif better:
+        verdict = f"Downstream, AlignX is mixed: better on {'; '.join(better)}; worse on {'; '.join(worse)} ({tested})."
+    elif n:
+        verdict = f"Downstream, AlignX does not measurably help: none of the {tested} has an interval that excludes zero."
+    else:
+        verdict = "Downstream quality was not compared (no accuracy or chrF++ for both AlignX and the control)."
+    fewer, more, _ = split(LANGUAGE)
+    if fewer or more:
+        verdict = verdict[:-1] + "; " + "; ".join(
+            ([f"it answers in the requested language more often ({'; '.join(fewer)})"] if fewer else [])
+            + ([f"it answers in another language more often ({'; '.join(more)})"] if more else [])) + "."
+    return verdict
 
 
 def _summary_line(treat: str, ref: str, group: str, metric: str, d: float, lo: float, hi: float, n: int) -> str:

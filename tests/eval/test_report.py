@@ -151,7 +151,28 @@ def test_downstream_verdict_weighs_only_intervals_that_exclude_zero():
             ("alignx", "sft", "flores_x-en", "chrf_seg", -3.0, -4.0, -2.0),  # another comparison: ignored
             ("alignx", "control", "align_flores_prompt", "x2en_top1", 0.2, 0.1, 0.3)]  # not downstream
     verdict = downstream_verdict(rows)
-    assert verdict.startswith("Downstream, AlignX is mixed: better on flores_x-en chrf_seg +1.20")
-    assert "worse on flores_en-x off_target" in verdict and "(3 downstream comparisons" in verdict
+    # quality (chrF++, accuracy) decides; the off-target rate is stated beside it, never counted as quality
+    assert verdict.startswith("Downstream, AlignX helps: better on flores_x-en chrf_seg +1.20"), verdict
+    assert "worse on none of the 2 quality comparisons" in verdict
+    assert "it answers in another language more often (flores_en-x off_target" in verdict
     assert downstream_verdict([r for r in rows if r[3] == "acc"]).startswith("Downstream, AlignX does not measurably help")
     assert downstream_verdict(rows[3:]) is None
+    worse = [("alignx", "control", "xcopa", "acc", -0.05, -0.08, -0.02), rows[0]]
+    assert downstream_verdict(worse).startswith("Downstream, AlignX is mixed: better on flores_x-en chrf_seg")
+
+
+def test_an_off_target_drop_alone_is_not_called_help():
+    """Fewer wrong-language answers with chrF++ unchanged (the development sweep's baseline point) is not
+    a downstream gain: the verdict says quality did not move and names the off-target change apart."""
+    from alignx.eval.report import downstream_verdict
+
+    rows = [("alignx", "control", "ntrex_x-en", "chrf_seg", 0.04, -0.56, 0.62),
+            ("alignx", "control", "ntrex_en-x", "chrf_seg", -0.29, -0.88, 0.32),
+            ("alignx", "control", "ntrex_en-x", "off_target", -0.067, -0.097, -0.033),
+            ("alignx", "control", "ntrex_x-en", "off_target", 0.0, -0.013, 0.013)]
+    verdict = downstream_verdict(rows)
+    assert verdict.startswith("Downstream, AlignX does not measurably help: none of the 2 quality comparisons"), verdict
+    assert verdict.endswith("; it answers in the requested language more often (ntrex_en-x off_target -0.067 [-0.097, -0.033])."), verdict
+    assert "helps:" not in verdict
+    only_language = downstream_verdict(rows[2:])
+    assert only_language.startswith("Downstream quality was not compared"), only_language
