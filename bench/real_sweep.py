@@ -37,6 +37,7 @@ POINTS: dict[str, dict[str, str]] = {
     "baseline": {},
     "lambda_ctr=0.3": {"stage1.lambda_ctr": "0.3"},
     "lambda_ctr=3": {"stage1.lambda_ctr": "3.0"},
+    "lambda_ctr=10": {"stage1.lambda_ctr": "10.0"},
     "steps=400": {"stage1.train.steps": "400", "stage1.train.warmup_steps": "40", "stage1.max_examples": "6400"},
     "layer=22": {"stage1.align_layer": "22"},
     "stage2_steps=160": {"stage2.train.steps": "160", "stage2.translation_pairs_per_lang": "320"},

@@ -350,6 +350,41 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _chain_has(exc: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+    """Whether ``exc`` or an exception it was raised while handling is a ``kind``."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _end_if_threads_run(code: int) -> None:
+    """End the process now when threads other than this one would keep it alive (arm chains training in a
+    pipeline's threads: leaving normally waits for their stages to end). The flow run is already
+    recorded as crashed; locks and temporaries of a dead process are recovered by the next run, and the
+    watchdog stops the temporary server."""
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    if threading.current_thread() is threading.main_thread() and others:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def _say(line: str) -> None:
+    """One line on stderr that never raises: a stop must end the process even when whoever read its output
+    is gone (a closed terminal, a killed supervisor: writing to the broken pipe raises)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run_root = None
@@ -384,18 +419,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Terminated:
-        print("stopped by SIGTERM", file=sys.stderr)
-        if threading.main_thread() is threading.current_thread() and threading.active_count() > 1 and args.command == "pipeline":
-            # arm chains still train in their threads, and exiting would wait for them: the flow run
-            # is already recorded as stopped; locks and temporaries of a dead process are recovered
-            # by the next run, and the watchdog stops the temporary server
-            sys.stderr.flush()
-            os._exit(143)
-        return 143
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # a stop (SIGTERM, Ctrl-C), or the reader of this process's output gone (rich's console raises
+        # SystemExit on a broken pipe, also while a stop is being logged): end now, whatever still runs
+        from prefect.exceptions import TerminationSignal  # what a flow run raises on SIGTERM
+
+        if _chain_has(exc, Terminated) or _chain_has(exc, TerminationSignal):
+            _say("stopped by SIGTERM")
+            code = 143
+        elif _chain_has(exc, KeyboardInterrupt):
+            _say("interrupted")
+            code = 130
+        else:
+            code = exc.code if isinstance(exc.code, int) else 1
+        _end_if_threads_run(code)
+        return code
     except Exception as exc:
         if args.verbose:
             raise

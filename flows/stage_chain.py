@@ -146,11 +146,22 @@ def run_bounded(task_: Task[..., Any], calls: list[dict[str, Any]], limit: int) 
     and, under ``dispatch: deployments``, the GPU pool's workers bound the stages across every run.
     Every call runs to its end even when another fails, so one failed evaluation does not abandon
     another arm's training; then the first failure (in ``calls`` order) is raised.
+    A stop (SIGTERM, Ctrl-C) does not wait for the calls still running: the runner's pool is let go
+    without joining its threads and the stop goes on up at once, so the flow run is recorded as crashed
+    and the command ends the process (leaving the runner's context would join threads still training).
     """
-    with ThreadPoolTaskRunner(max_workers=limit) as runner:
-        futures = [runner.submit(task_, params) for params in calls]
-        wait(futures)
-        return [future.result() for future in futures]
+    runner = ThreadPoolTaskRunner(max_workers=limit)
+    with runner:
+        try:
+            futures = [runner.submit(task_, params) for params in calls]
+            wait(futures)
+            return [future.result() for future in futures]
+        except BaseException as exc:
+            executor = getattr(runner, "_executor", None)  # the pool that the runner's exit would join
+            if not isinstance(exc, Exception) and executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+                runner._executor = None
+            raise
 
 
 # ---------------------------------------------------------------- dispatch to deployments

@@ -188,3 +188,30 @@ def test_sigterm_stops_a_run_cleanly(root, env):
         time.sleep(0.5)
     assert not [p for p, t in children.items() if process_start_ticks(p) == t]
     assert not _temporaries(root), f"temporaries left: {_temporaries(root)}"
+
+
+def test_sigterm_ends_a_pipeline_whose_output_reader_is_gone(root, env):
+    """SIGTERM while the arm chains train in the pipeline's threads, after whoever read the run's output
+    died: the process ends at once with 143. Before, leaving the chains' task runner joined the training
+    threads (the process trained on, silent), and rich's console turned the broken pipe into SystemExit(1)
+    in the middle of recording the stop."""
+    import signal
+
+    _base_model(root, env)
+    command = ["pipeline", "--arms", "alignx,control", "--stop-after", "stage1"]
+    proc = _start_hanging("stage1-checkpoint", command, root, env, stderr=subprocess.PIPE)
+    children = children_of(proc.pid)
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("alignx pipeline kept running 60 s after SIGTERM with its output pipe gone") from None
+    assert code == 143
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(process_start_ticks(p) == t for p, t in children.items()):
+        time.sleep(0.5)
+    assert not [p for p, t in children.items() if process_start_ticks(p) == t], "its temporary server outlived it"
