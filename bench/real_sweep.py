@@ -38,6 +38,9 @@ POINTS: dict[str, dict[str, str]] = {
     "lambda_ctr=0.3": {"stage1.lambda_ctr": "0.3"},
     "lambda_ctr=3": {"stage1.lambda_ctr": "3.0"},
     "lambda_ctr=10": {"stage1.lambda_ctr": "10.0"},
+    # the language-matching loss keeps languages apart in the final layer: does more of it keep the en->X
+    # quality that a strong contrastive weight costs?
+    "lambda_ctr=3,lambda_lam=2": {"stage1.lambda_ctr": "3.0", "stage1.lambda_lam": "2.0"},
     "steps=400": {"stage1.train.steps": "400", "stage1.train.warmup_steps": "40", "stage1.max_examples": "6400"},
     "layer=22": {"stage1.align_layer": "22"},
     "stage2_steps=160": {"stage2.train.steps": "160", "stage2.translation_pairs_per_lang": "320"},
