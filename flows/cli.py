@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -26,6 +25,7 @@ from alignx.plan_report import text_table as _table
 from alignx.preflight import PreflightError, profile_problems
 from alignx.profiles import available_profiles
 from alignx.stages_and_arms import ARMS, STAGE1_ARMS, STAGE2_ARMS, STAGES, TRAINING_STAGES
+from flows.stopping import Terminated, chain_has, end_if_threads_run, failure_line, on_sigterm, say
 
 
 def _prefect_env(run_root: Path | None) -> None:
@@ -333,58 +333,6 @@ LOG_DIR = REPO_ROOT / "data" / "logs"
 _RUNS_FLOWS = {"data", "train", "eval", "pipeline"}
 
 
-def _failure_line(exc: BaseException) -> str:
-    """What failed, in one line: the innermost message of the exception chain."""
-    message = str(exc).strip() or type(exc).__name__
-    first = message.splitlines()[0]
-    more = len(message.splitlines()) > 1
-    return f"{type(exc).__name__}: {first}" + (" (more in the log)" if more else "")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a scheduler's stop): unwinds like Ctrl-C, so the run is recorded as stopped,
-    temporary artefacts are cleaned up and the temporary Prefect server stops."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
-def _chain_has(exc: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
-    """Whether ``exc`` or an exception it was raised while handling is a ``kind``."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _end_if_threads_run(code: int) -> None:
-    """End the process now when threads other than this one would keep it alive (arm chains training in a
-    pipeline's threads: leaving normally waits for their stages to end). The flow run is already
-    recorded as crashed; locks and temporaries of a dead process are recovered by the next run, and the
-    watchdog stops the temporary server."""
-    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    if threading.current_thread() is threading.main_thread() and others:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
-
-
-def _say(line: str) -> None:
-    """One line on stderr that never raises: a stop must end the process even when whoever read its output
-    is gone (a closed terminal, a killed supervisor: writing to the broken pipe raises)."""
-    try:
-        print(line, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run_root = None
@@ -408,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in _RUNS_FLOWS:
         from alignx.watchdog import watch
 
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, on_sigterm)
         watch()  # the temporary Prefect server and workers stop when this process dies, even by kill -9
         if not args.verbose:
             from flows.console import quiet_console
@@ -424,15 +372,15 @@ def main(argv: list[str] | None = None) -> int:
         # SystemExit on a broken pipe, also while a stop is being logged): end now, whatever still runs
         from prefect.exceptions import TerminationSignal  # what a flow run raises on SIGTERM
 
-        if _chain_has(exc, Terminated) or _chain_has(exc, TerminationSignal):
-            _say("stopped by SIGTERM")
+        if chain_has(exc, Terminated) or chain_has(exc, TerminationSignal):
+            say("stopped by SIGTERM")
             code = 143
-        elif _chain_has(exc, KeyboardInterrupt):
-            _say("interrupted")
+        elif chain_has(exc, KeyboardInterrupt):
+            say("interrupted")
             code = 130
         else:
             code = exc.code if isinstance(exc.code, int) else 1
-        _end_if_threads_run(code)
+        end_if_threads_run(code)
         return code
     except Exception as exc:
         if args.verbose:
@@ -440,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("a", encoding="utf-8") as fh:
             fh.write("".join(traceback.format_exception(exc)))
-        print(f"error: alignx {args.command} failed: {_failure_line(exc)}", file=sys.stderr)
+        print(f"error: alignx {args.command} failed: {failure_line(exc)}", file=sys.stderr)
         print(f"  full log and traceback: {log_file} (or rerun with --verbose)", file=sys.stderr)
         return 1
 
