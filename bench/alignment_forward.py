@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alignx.eval.alignment import pooled_states, read_parallel  # noqa: E402
+from alignx.eval.alignment import pooled_states  # noqa: E402
+from alignx.eval.sources import read_parallel  # noqa: E402
 from alignx.mirror import resolve_mirror  # noqa: E402
 
 

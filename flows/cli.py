@@ -353,17 +353,23 @@ def main(argv: list[str] | None = None) -> int:
     _prefect_env(run_root)
     log_dir = run_root / "logs" if run_root else LOG_DIR
     log_file = log_dir / f"alignx-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    server = None
     if args.command in _RUNS_FLOWS:
         from alignx.watchdog import watch
+        from flows.temporary_server import start_if_needed
 
         signal.signal(signal.SIGTERM, on_sigterm)
         watch()  # the temporary Prefect server and workers stop when this process dies, even by kill -9
+        server = start_if_needed()  # boots while this process loads the flows' code
         if not args.verbose:
             from flows.console import quiet_console
 
             quiet_console(log_file)
     try:
-        return args.fn(args)
+        from flows.temporary_server import api_of
+
+        with api_of(server):
+            return args.fn(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

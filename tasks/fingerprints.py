@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from alignx.config import PipelineConfig
 from alignx.data import data_stages
-from alignx.eval import runner
+from alignx.eval.evaluation_plan import benchmark_fingerprint
 from alignx.model import base_models
 from tasks.retries import READ_RETRY
 
@@ -32,4 +32,4 @@ def base_model(spec: str) -> str:
 @task(name="fingerprint-benchmarks", cache_policy=NO_CACHE, **READ_RETRY)
 def benchmarks(cfg: PipelineConfig) -> str:
     """The benchmark and alignment files an evaluation reads."""
-    return runner.benchmark_fingerprint(cfg)
+    return benchmark_fingerprint(cfg)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,9 +24,6 @@ from alignx.config import check_alignment_layers
 from alignx.data.instructions import encode_examples, translation_instruction
 from alignx.eval.loglik import model_max_length
 from alignx.eval.process_split import split_gather
-from alignx.eval.sources import text_lines
-from alignx.languages import get_language
-from alignx.mirror import require_mirror_path
 from alignx.model.alignx_model import num_layers, position_ids_from_mask
 
 ENCODINGS = ("alone", "prompt")
@@ -86,33 +82,6 @@ def resolve_layers(spec: LayerSpec, n_layers: int, report_layer: int | None = No
 
 
 # ---------------------------------------------------------------- the parallel sets
-def parallel_file(set_name: str, lang: str) -> str:
-    """Path of one language's file of a multi-way parallel set, relative to the data mirror."""
-    entry = get_language(lang)
-    if set_name == "flores":
-        return f"flores200/{entry.flores}.devtest-head500"
-    if set_name == "ntrex":
-        if entry.ntrex is None:
-            raise ValueError(f"NTREX-128 has no file for language {lang!r} in the registry")
-        kind = "src" if entry.ntrex == "eng" else "ref"
-        return f"ntrex128/newstest2019-{kind}.{entry.ntrex}.txt"
-    raise ValueError(f"unknown parallel set {set_name!r}; known: flores, ntrex")
-
-
-def read_parallel(set_name: str, langs: Sequence[str], mirror: Path | None, limit: int | None = None) -> dict[str, list[str]]:
-    """Line-aligned sentences of each language (the first ``limit``); every file must have as many lines."""
-    texts, counts = {}, {}
-    for lang in langs:
-        path = require_mirror_path(mirror, parallel_file(set_name, lang))
-        lines = text_lines(path)
-        counts[path] = len(lines)
-        texts[lang] = lines[:limit] if limit is not None else lines
-    if len(set(counts.values())) > 1:
-        listing = ", ".join(f"{p.name}: {n}" for p, n in counts.items())
-        raise ValueError(f"{set_name} files are not line-aligned (expected equal line counts; found {listing})")
-    return texts
-
-
 # ---------------------------------------------------------------- encoding and pooling
 def encode_alone(tokenizer, texts: Sequence[str]) -> tuple[list[list[int]], list[tuple[int, int]]]:
     """Token ids of each sentence alone (default special tokens) and the span of its non-special tokens."""

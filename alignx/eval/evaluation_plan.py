@@ -13,9 +13,8 @@ from typing import Any
 
 from alignx.artefacts import file_digest, fingerprint
 from alignx.config import REPO_ROOT, PipelineConfig
-from alignx.eval import alignment as align
 from alignx.eval.benchmarks import TASKS_DIR, BenchmarkSpec, validate_benchmarks
-from alignx.eval.sources import BenchmarkDataError, read_documents, source_files
+from alignx.eval.sources import BenchmarkDataError, parallel_file, read_documents, read_parallel, source_files
 from alignx.jsonl import iter_jsonl
 from alignx.mirror import DataUnavailableError, resolve_mirror
 
@@ -73,7 +72,7 @@ def alignment_languages(cfg: PipelineConfig, set_name: str, mirror: Path | None)
     langs = [cfg.pivot]
     for lang in cfg.eval.languages or cfg.languages:
         try:
-            relative = align.parallel_file(set_name, lang)
+            relative = parallel_file(set_name, lang)
         except ValueError:
             continue
         if lang in langs:
@@ -153,7 +152,7 @@ def plan_evaluation(cfg: PipelineConfig, mirror: Path | None) -> EvalPlan:
             problems.append(f"alignment on NTREX was requested but the run trains on it (data.sources={cfg.data.sources})")
             continue
         try:
-            texts[set_name] = align.read_parallel(
+            texts[set_name] = read_parallel(
                 set_name, alignment_languages(cfg, set_name, mirror), mirror, cfg.eval.alignment.max_sentences
             )
         except (DataUnavailableError, ValueError) as exc:
@@ -196,7 +195,7 @@ def benchmark_fingerprint(cfg: PipelineConfig) -> str:
         parts += [_digest(p) for p in source_files(spec, langs, mirror, cfg.eval.data_files)]
     for set_name in cfg.eval.alignment.sets:
         for lang in alignment_languages(cfg, set_name, mirror):
-            parts.append(_digest(mirror / align.parallel_file(set_name, lang)) if mirror else f"{set_name}:{lang}")
+            parts.append(_digest(mirror / parallel_file(set_name, lang)) if mirror else f"{set_name}:{lang}")
     if cfg.eval.mgsm_exemplars:
         parts.append(_digest(Path(cfg.eval.mgsm_exemplars)))
     return fingerprint(*parts)

@@ -14,7 +14,6 @@ from typing import Any
 
 from alignx.artefacts import Artefact, atomic_dir, atomic_write_json, write_marker
 from alignx.config import PipelineConfig
-from alignx.eval import plots
 from alignx.eval.eval_records import ITEMS_DIR, METRICS_FILE
 from alignx.eval.stats import excludes_zero, paired_bootstrap, stratified_paired_bootstrap
 from alignx.jsonl import iter_jsonl
@@ -314,6 +313,8 @@ def _summary_line(treat: str, ref: str, group: str, metric: str, d: float, lo: f
 
 def _plots(arms: dict[str, ArmEval], cfg: PipelineConfig, curves: dict[str, Path] | None, out: Path) -> dict[str, str]:
     """Write every plot under ``out/plots``; returns title -> path relative to ``out``."""
+    from alignx.eval import plots  # matplotlib: only where a report is drawn
+
     (out / "plots").mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     sets = sorted({s for a in arms.values() for s in a.doc.get("alignment", {})})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from alignx.config import REPO_ROOT
 from alignx.data.hub import dataset_revision
 from alignx.eval.benchmarks import BenchmarkSpec
 from alignx.jsonl import iter_jsonl
-from alignx.mirror import DataUnavailableError, hub_offline
+from alignx.languages import get_language
+from alignx.mirror import DataUnavailableError, hub_offline, require_mirror_path
 
 log = logging.getLogger(__name__)
 
@@ -213,3 +214,31 @@ def source_files(spec: BenchmarkSpec, langs: list[str], mirror: Path | None, dat
             commit = dataset_revision(spec.source.hub, spec.source.revision) if spec.source.hub else "none"
             out.append(f"hub:{spec.source.hub}@{commit}/{spec.source.hub_config}/{spec.source.split}/{spec.code_for(lang)}")
     return out
+
+
+# ---------------------------------------------------------------- multi-way parallel sets (alignment)
+def parallel_file(set_name: str, lang: str) -> str:
+    """Path of one language's file of a multi-way parallel set, relative to the data mirror."""
+    entry = get_language(lang)
+    if set_name == "flores":
+        return f"flores200/{entry.flores}.devtest-head500"
+    if set_name == "ntrex":
+        if entry.ntrex is None:
+            raise ValueError(f"NTREX-128 has no file for language {lang!r} in the registry")
+        kind = "src" if entry.ntrex == "eng" else "ref"
+        return f"ntrex128/newstest2019-{kind}.{entry.ntrex}.txt"
+    raise ValueError(f"unknown parallel set {set_name!r}; known: flores, ntrex")
+
+
+def read_parallel(set_name: str, langs: Sequence[str], mirror: Path | None, limit: int | None = None) -> dict[str, list[str]]:
+    """Line-aligned sentences of each language (the first ``limit``); every file must have as many lines."""
+    texts, counts = {}, {}
+    for lang in langs:
+        path = require_mirror_path(mirror, parallel_file(set_name, lang))
+        lines = text_lines(path)
+        counts[path] = len(lines)
+        texts[lang] = lines[:limit] if limit is not None else lines
+    if len(set(counts.values())) > 1:
+        listing = ", ".join(f"{p.name}: {n}" for p, n in counts.items())
+        raise ValueError(f"{set_name} files are not line-aligned (expected equal line counts; found {listing})")
+    return texts

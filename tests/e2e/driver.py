@@ -311,7 +311,7 @@ def crash_then_retry(work: Path, mirror: Path, worker: subprocess.Popen) -> dict
 
     out: dict = {}
     overrides = {"run_root": str(work / "run"), "data_mirror": str(mirror),
-                 "stage1.train.steps": 150, "stage1.train.checkpoint_every": 5}
+                 "stage1.train.steps": 40, "stage1.train.checkpoint_every": 5}
     params = {"params": {"profile": "smoke", "arms": ["alignx"], "stop_after": "stage1", "overrides": overrides}}
     run = run_deployment("pipeline/alignx-pipeline", parameters=params, timeout=0)
     checkpoints = work / "run" / "models"
@@ -339,7 +339,7 @@ def crash_then_retry(work: Path, mirror: Path, worker: subprocess.Popen) -> dict
                                             if t.created and t.created.timestamp() < retried_at)
     models = [p for p in checkpoints.glob("alignx-stage1-*") if (p / "alignx.json").is_file()]
     records = [json.loads((p / "alignx.json").read_text()) for p in models]
-    out["resumed_from"] = [r.get("resumed_from") for r in records if r.get("steps") == 150]
+    out["resumed_from"] = [r.get("resumed_from") for r in records if r.get("steps") == 40]
     return out
 
 

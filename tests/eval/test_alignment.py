@@ -12,14 +12,13 @@ import torch
 
 from alignx.config import ConfigError
 from alignx.profiles import parse_config
+from alignx.eval.sources import parallel_file, read_parallel
 from alignx.eval.alignment import (
     encode_alone,
     encode_in_prompt,
     evaluate_alignment,
     hidden_states_at,
-    parallel_file,
     pooled_states,
-    read_parallel,
     resolve_layers,
     retrieval_scores,
 )

@@ -9,7 +9,7 @@ import pytest
 
 from alignx.data.instructions import encode_examples, translation_instruction
 from alignx.eval import runner
-from alignx.eval.alignment import read_parallel
+from alignx.eval.sources import read_parallel
 from alignx.eval.evaluation_plan import plan_evaluation
 from alignx.eval.runner import EvalInputError, check_prompt_lengths, evaluate_model
 from alignx.eval.translation import translation_prompts
