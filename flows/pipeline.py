@@ -18,6 +18,7 @@ from prefect.logging import get_run_logger
 
 from alignx.stages_and_arms import STAGE1_ARMS, STAGES
 from flows import stage_chain
+from flows.attempts import end_earlier_attempts
 from flows.params import PipelineParams, flow_run_name
 from tasks import evaluate as eval_tasks
 from tasks import preflight_task
@@ -47,7 +48,7 @@ def report_artifact_markdown(meta: dict[str, Any]) -> str:
     return body + ("\n\n## Plots\n\n" + "\n\n".join(images) if images else "")
 
 
-@flow(name="pipeline", flow_run_name=flow_run_name("pipeline"))
+@flow(name="pipeline", flow_run_name=flow_run_name("pipeline"), on_running=[end_earlier_attempts])
 def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     """Run the whole AlignX pipeline on a profile and return where its artefacts are."""
     log = get_run_logger()

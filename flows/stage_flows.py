@@ -12,6 +12,7 @@ from prefect import flow
 
 from alignx.artefacts import Artefact
 from flows import stage_chain
+from flows.attempts import end_earlier_attempts
 from flows.params import RunParams, Stage1Params, Stage2Params, StageParams, flow_run_name
 
 
@@ -25,7 +26,7 @@ def _upstream(params: RunParams, inputs: dict[str, Any] | None, need: tuple[str,
     return cfg.model_copy(update={"dispatch": "local"}), got
 
 
-@flow(name="data", flow_run_name=flow_run_name("data"), log_prints=False)
+@flow(name="data", flow_run_name=flow_run_name("data"), on_running=[end_earlier_attempts], log_prints=False)
 def data_flow(params: RunParams = RunParams()) -> dict[str, Any]:
     """collect -> language-ID filter -> Parquet shards."""
     cfg = params.config()
@@ -34,7 +35,7 @@ def data_flow(params: RunParams = RunParams()) -> dict[str, Any]:
     return stage_chain.as_json(record)
 
 
-@flow(name="bootstrap", flow_run_name=flow_run_name("bootstrap"))
+@flow(name="bootstrap", flow_run_name=flow_run_name("bootstrap"), on_running=[end_earlier_attempts])
 def bootstrap_flow(params: RunParams = RunParams(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train the offline base model on the shards (skipped when the profile names a base model)."""
     cfg, got = _upstream(params, inputs, ("shards",))
@@ -43,7 +44,7 @@ def bootstrap_flow(params: RunParams = RunParams(), inputs: dict[str, Any] | Non
     return stage_chain.as_json(record)
 
 
-@flow(name="stage1", flow_run_name=flow_run_name("stage1"))
+@flow(name="stage1", flow_run_name=flow_run_name("stage1"), on_running=[end_earlier_attempts])
 def stage1_flow(params: Stage1Params = Stage1Params(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage-1 alignment pre-training of the AlignX arm (or the control arm: both lambdas 0)."""
     cfg, got = _upstream(params, inputs, ("shards", "base"))
@@ -52,7 +53,7 @@ def stage1_flow(params: Stage1Params = Stage1Params(), inputs: dict[str, Any] | 
     return stage_chain.as_json(record)
 
 
-@flow(name="stage2", flow_run_name=flow_run_name("stage2"))
+@flow(name="stage2", flow_run_name=flow_run_name("stage2"), on_running=[end_earlier_attempts])
 def stage2_flow(params: Stage2Params = Stage2Params(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage-2 instruction tuning of an arm: from its stage-1 checkpoint, or from base for 'sft'."""
     cfg, got = _upstream(params, inputs, ("shards", "base") if "model" not in (inputs or {}) else ("shards",))
@@ -64,7 +65,7 @@ def stage2_flow(params: Stage2Params = Stage2Params(), inputs: dict[str, Any] | 
     return stage_chain.as_json(record)
 
 
-@flow(name="evaluate", flow_run_name=flow_run_name("evaluate"))
+@flow(name="evaluate", flow_run_name=flow_run_name("evaluate"), on_running=[end_earlier_attempts])
 def evaluate_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | None = None,
                   model_path: str | None = None, name: str | None = None) -> dict[str, Any]:
     """Evaluate one arm's final model, or any checkpoint directory given as ``model_path``.

@@ -320,6 +320,8 @@ def crash_then_retry(work: Path, mirror: Path, worker: subprocess.Popen) -> dict
         time.sleep(0.2)
     victims = flow_run_processes(worker)
     out["killed"] = len(victims)
+    worker_log = work / "logs" / "worker.log"
+    logged_before_kill = worker_log.stat().st_size
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     out["locks_after_kill"] = len(list((work / "locks").glob("*.lock")))
@@ -328,15 +330,22 @@ def crash_then_retry(work: Path, mirror: Path, worker: subprocess.Popen) -> dict
         while time.monotonic() < deadline and not client.read_flow_run(run.id).state.is_final():
             time.sleep(1)
         out["killed_state"] = client.read_flow_run(run.id).state.type.value
-        time.sleep(20)  # the runner, then the worker, report the crash: a Retry between the two is overwritten
+        # the runner, then the worker, report the crash: a Retry between the two is overwritten, so wait
+        # for the worker's own line about it (at most 20 s)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "prefect.flow_runs.worker" not in \
+                worker_log.read_bytes()[logged_before_kill:].decode(errors="replace"):
+            time.sleep(0.5)
+        time.sleep(1)
         retried_at = time.time()
         fr = retry_and_wait(client, run.id, 600)
+        out["retry_s"] = round(time.time() - retried_at, 1)
         out["retry_state"] = fr.state.type.value
         out["retry_message"] = fr.state.message or ""
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-        stage1_runs = [t for t in task_runs if t.name.startswith("stage1-")]
-        out["dead_attempt_states"] = sorted(t.state.type.value for t in stage1_runs
-                                            if t.created and t.created.timestamp() < retried_at)
+        dead_attempt = [t for t in task_runs if t.created and t.created.timestamp() < retried_at]
+        out["dead_attempt_states"] = sorted(t.state.type.value for t in dead_attempt if t.name.startswith("stage1-"))
+        out["dead_attempt_left_running"] = sorted(t.name for t in dead_attempt if t.state.type.value == "RUNNING")
     models = [p for p in checkpoints.glob("alignx-stage1-*") if (p / "alignx.json").is_file()]
     records = [json.loads((p / "alignx.json").read_text()) for p in models]
     out["resumed_from"] = [r.get("resumed_from") for r in records if r.get("steps") == 40]

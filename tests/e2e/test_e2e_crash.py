@@ -24,4 +24,6 @@ def test_killed_run_resumes_at_its_checkpoint_on_retry(tmp_path, mirror):
     assert crash["killed_state"] == "CRASHED", crash
     assert crash["retry_state"] == "COMPLETED", (crash, tails)
     assert crash["dead_attempt_states"] == ["CRASHED"], crash
+    # the retry ended every task run the dead attempt left Running (their gpu slots freed at once)
+    assert crash["dead_attempt_left_running"] == [], crash
     assert len(crash["resumed_from"]) == 1 and crash["resumed_from"][0] >= 5, crash
