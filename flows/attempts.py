@@ -12,17 +12,21 @@ when it enters Running again is marked Crashed; the server then releases their s
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 logger = logging.getLogger(__name__)
 
 
-def end_earlier_attempts(flow: Any, flow_run: Any, state: Any) -> int:
-    """Flow ``on_running`` hook: mark the task runs a dead earlier attempt left Running as Crashed.
+def end_earlier_attempts() -> int:
+    """Mark the task runs a dead earlier attempt of the current flow run left Running as Crashed.
 
-    Returns how many it ended (0 on a first attempt, which has no task runs yet: the hook runs before the
-    flow's body). Best effort: a failure is logged, never raised.
+    Called first in a flow's body, before it starts any task: on a first attempt there is none to find.
+    Returns how many it ended. Best effort: a failure is logged, never raised.
     """
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return 0
+    flow, flow_run = context.flow, context.flow_run
     try:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterId, TaskRunFilter,

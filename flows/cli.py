@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, on_sigterm)
         watch()  # the temporary Prefect server and workers stop when this process dies, even by kill -9
-        server = start_if_needed()  # boots while this process loads the flows' code
+        server = start_if_needed(log_file.with_name(f"{log_file.stem}-server.log"))  # boots while this loads its code
         if not args.verbose:
             from flows.console import quiet_console
 

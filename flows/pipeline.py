@@ -48,10 +48,11 @@ def report_artifact_markdown(meta: dict[str, Any]) -> str:
     return body + ("\n\n## Plots\n\n" + "\n\n".join(images) if images else "")
 
 
-@flow(name="pipeline", flow_run_name=flow_run_name("pipeline"), on_running=[end_earlier_attempts])
+@flow(name="pipeline", flow_run_name=flow_run_name("pipeline"))
 def pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     """Run the whole AlignX pipeline on a profile and return where its artefacts are."""
     log = get_run_logger()
+    end_earlier_attempts()  # a retry first frees what its dead attempt held
     cfg = params.config()  # validates the whole config before any work
     stop = STAGES.index(params.stop_after) if params.stop_after else len(STAGES) - 1
     log.info("profile %s, arms %s, run root %s", cfg.name, cfg.arms, cfg.resolved_run_root())

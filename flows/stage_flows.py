@@ -17,6 +17,7 @@ from flows.params import RunParams, Stage1Params, Stage2Params, StageParams, flo
 
 
 def _upstream(params: RunParams, inputs: dict[str, Any] | None, need: tuple[str, ...]) -> tuple[Any, dict[str, Artefact]]:
+    end_earlier_attempts()  # first, before any task of this attempt
     cfg = params.config()
     got = stage_chain.load_inputs(inputs)
     if "shards" in need and "shards" not in got:
@@ -26,16 +27,17 @@ def _upstream(params: RunParams, inputs: dict[str, Any] | None, need: tuple[str,
     return cfg.model_copy(update={"dispatch": "local"}), got
 
 
-@flow(name="data", flow_run_name=flow_run_name("data"), on_running=[end_earlier_attempts], log_prints=False)
+@flow(name="data", flow_run_name=flow_run_name("data"), log_prints=False)
 def data_flow(params: RunParams = RunParams()) -> dict[str, Any]:
     """collect -> language-ID filter -> Parquet shards."""
+    end_earlier_attempts()
     cfg = params.config()
     record = stage_chain.run_data(cfg)
     stage_chain.publish_result(cfg, record, "data")
     return stage_chain.as_json(record)
 
 
-@flow(name="bootstrap", flow_run_name=flow_run_name("bootstrap"), on_running=[end_earlier_attempts])
+@flow(name="bootstrap", flow_run_name=flow_run_name("bootstrap"))
 def bootstrap_flow(params: RunParams = RunParams(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train the offline base model on the shards (skipped when the profile names a base model)."""
     cfg, got = _upstream(params, inputs, ("shards",))
@@ -44,7 +46,7 @@ def bootstrap_flow(params: RunParams = RunParams(), inputs: dict[str, Any] | Non
     return stage_chain.as_json(record)
 
 
-@flow(name="stage1", flow_run_name=flow_run_name("stage1"), on_running=[end_earlier_attempts])
+@flow(name="stage1", flow_run_name=flow_run_name("stage1"))
 def stage1_flow(params: Stage1Params = Stage1Params(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage-1 alignment pre-training of the AlignX arm (or the control arm: both lambdas 0)."""
     cfg, got = _upstream(params, inputs, ("shards", "base"))
@@ -53,7 +55,7 @@ def stage1_flow(params: Stage1Params = Stage1Params(), inputs: dict[str, Any] | 
     return stage_chain.as_json(record)
 
 
-@flow(name="stage2", flow_run_name=flow_run_name("stage2"), on_running=[end_earlier_attempts])
+@flow(name="stage2", flow_run_name=flow_run_name("stage2"))
 def stage2_flow(params: Stage2Params = Stage2Params(), inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage-2 instruction tuning of an arm: from its stage-1 checkpoint, or from base for 'sft'."""
     cfg, got = _upstream(params, inputs, ("shards", "base") if "model" not in (inputs or {}) else ("shards",))
@@ -65,13 +67,14 @@ def stage2_flow(params: Stage2Params = Stage2Params(), inputs: dict[str, Any] | 
     return stage_chain.as_json(record)
 
 
-@flow(name="evaluate", flow_run_name=flow_run_name("evaluate"), on_running=[end_earlier_attempts])
+@flow(name="evaluate", flow_run_name=flow_run_name("evaluate"))
 def evaluate_flow(params: StageParams = StageParams(), inputs: dict[str, Any] | None = None,
                   model_path: str | None = None, name: str | None = None) -> dict[str, Any]:
     """Evaluate one arm's final model, or any checkpoint directory given as ``model_path``.
 
     ``name`` labels the evaluation (default: the arm), e.g. ``alignx-stage1`` for a stage-1 checkpoint.
     """
+    end_earlier_attempts()
     cfg = params.config().model_copy(update={"dispatch": "local"})
     got = stage_chain.load_inputs(inputs)
     if model_path:

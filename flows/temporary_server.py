@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from collections.abc import Iterator
+from pathlib import Path
 
 PORT_IN_USE_EXIT = 3  # uvicorn's exit status when it cannot bind its port
 
@@ -33,10 +34,11 @@ def _free_port() -> int:
 class TemporaryServer:
     """One uvicorn process serving Prefect's API on a free loopback port, its database in PREFECT_HOME."""
 
-    def __init__(self, settings_env: dict[str, str], startup_timeout_s: float):
+    def __init__(self, settings_env: dict[str, str], startup_timeout_s: float, log_file: Path):
         self._env = {**os.environ, **settings_env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                      "PREFECT__SERVER_FINAL": "1"}
         self.startup_timeout_s = startup_timeout_s
+        self.log_file = log_file  # the server's own output: a stop's shutdown noise stays off the console
         self.process: subprocess.Popen | None = None
         self.port = 0
         self._spawn()
@@ -52,11 +54,13 @@ class TemporaryServer:
         import prefect
 
         self.port = _free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "error", "--lifespan", "on"],
-            env=self._env, stdin=subprocess.DEVNULL)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--log-level", "error", "--lifespan", "on"],
+                env=self._env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self) -> None:
         """Block until the API answers its health check; a clear error if the server exits or never answers."""
@@ -68,8 +72,8 @@ class TemporaryServer:
                 continue
             if code is not None:
                 raise RuntimeError(f"the temporary Prefect server exited with status {code} before it answered "
-                                   f"(PREFECT_HOME={os.environ.get('PREFECT_HOME')}); set PREFECT_API_URL to a "
-                                   "running server, or see the server's message above")
+                                   f"(PREFECT_HOME={os.environ.get('PREFECT_HOME')}): {self._last_line()}; its "
+                                   f"output is in {self.log_file}. Set PREFECT_API_URL to use a running server.")
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                     if response.status == 200:
@@ -79,7 +83,14 @@ class TemporaryServer:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"the temporary Prefect server did not answer within {self.startup_timeout_s:.0f} s "
-                           "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+                           f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its output is in {self.log_file}")
+
+    def _last_line(self) -> str:
+        try:
+            lines = [ln for ln in self.log_file.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return "no output"
+        return lines[-1].strip() if lines else "no output"
 
     def stop(self) -> None:
         if self.process is None:
@@ -93,15 +104,16 @@ class TemporaryServer:
         self.process = None
 
 
-def start_if_needed() -> TemporaryServer | None:
-    """Start a temporary server when Prefect would start one (no API URL, ephemeral mode enabled)."""
+def start_if_needed(log_file: Path) -> TemporaryServer | None:
+    """Start a temporary server when Prefect would start one (no API URL, ephemeral mode enabled); its
+    output goes to ``log_file``."""
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
     if settings.api.url or not settings.server.ephemeral.enabled:
         return None
     return TemporaryServer(settings.to_environment_variables(exclude_unset=True),
-                           settings.server.ephemeral.startup_timeout_seconds)
+                           settings.server.ephemeral.startup_timeout_seconds, log_file)
 
 
 @contextmanager
