@@ -10,6 +10,7 @@ Prefect futures, ``parallel_stages`` at a time.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from prefect import Task, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
+from prefect.exceptions import MissingContextError
 from prefect.futures import wait
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -31,7 +33,7 @@ from tasks import data as data_tasks
 from tasks import evaluate as eval_tasks
 from tasks import fingerprints
 from tasks import train as train_tasks
-from tasks.caching import run_verified
+from tasks.caching import cached_artefact, run_verified
 from tasks.retries import NO_RETRY
 
 # Each stage a pipeline can dispatch, by its deployment in prefect.yaml (``<flow name>/alignx-<stage>``).
@@ -66,25 +68,25 @@ def run_base(cfg: PipelineConfig, shards: Artefact) -> Artefact:
     if cfg.base_model:
         source_fp = fingerprints.base_model(cfg.base_model)
         return run_verified(train_tasks.prepare_base, source_fp, cfg)
-    return dispatch_or_run(cfg, "bootstrap", {"shards": shards}, lambda: run_verified(train_tasks.bootstrap, shards, cfg))
+    return dispatch_or_run(cfg, "bootstrap", {"shards": shards}, (train_tasks.bootstrap, (shards, cfg), {}))
 
 
 def run_stage1(cfg: PipelineConfig, base: Artefact, shards: Artefact, arm: str) -> Artefact:
     control = arm == "control"
     stage_cfg = cfg.for_control() if control else cfg  # one control across a sweep of the loss weights
-    return dispatch_or_run(cfg, "stage1", {"base": base, "shards": shards}, lambda: run_verified(
-        train_tasks.stage1, base, shards, stage_cfg, control=control), arm=arm)
+    return dispatch_or_run(cfg, "stage1", {"base": base, "shards": shards},
+                           (train_tasks.stage1, (base, shards, stage_cfg), {"control": control}), arm=arm)
 
 
 def run_stage2(cfg: PipelineConfig, start: Artefact, shards: Artefact, arm: str) -> Artefact:
-    return dispatch_or_run(cfg, "stage2", {"model": start, "shards": shards}, lambda: run_verified(
-        train_tasks.stage2, start, shards, cfg, arm), arm=arm)
+    return dispatch_or_run(cfg, "stage2", {"model": start, "shards": shards},
+                           (train_tasks.stage2, (start, shards, cfg, arm), {}), arm=arm)
 
 
 def run_evaluate(cfg: PipelineConfig, model: Artefact, name: str) -> Artefact:
     bench_fp = fingerprints.benchmarks(cfg)
-    return dispatch_or_run(cfg, "evaluate", {"model": model}, lambda: run_verified(
-        eval_tasks.evaluate, model, bench_fp, cfg, name), arm=name.split("-")[0], name=name)
+    return dispatch_or_run(cfg, "evaluate", {"model": model}, (eval_tasks.evaluate, (model, bench_fp, cfg, name), {}),
+                           arm=name.split("-")[0], name=name)
 
 
 def train_arm(cfg: PipelineConfig, arm: str, base: Artefact, shards: Artefact) -> dict[str, Artefact]:
@@ -165,10 +167,19 @@ def run_bounded(task_: Task[..., Any], calls: list[dict[str, Any]], limit: int) 
 
 
 # ---------------------------------------------------------------- dispatch to deployments
-def dispatch_or_run(cfg: PipelineConfig, stage: str, inputs: dict[str, Artefact], local: Any, arm: str = "alignx",
+def dispatch_or_run(cfg: PipelineConfig, stage: str, inputs: dict[str, Artefact],
+                    call: tuple[Task[..., Artefact], tuple[Any, ...], dict[str, Any]], arm: str = "alignx",
                     name: str | None = None) -> Artefact:
+    """Run a stage's cached task here (``call``: the task and its arguments), or as a child run of its
+    deployment. A stage whose task has a verified cache entry for the same arguments is not dispatched:
+    the child would only find that entry, after a process start and a wait on the GPU pool."""
+    task_, args, kwargs = call
     if cfg.dispatch == "local":
-        return local()
+        return run_verified(task_, *args, **kwargs)
+    cached = cached_artefact(task_, *args, **kwargs)
+    if cached is not None:
+        _log("%s %s: cached at %s, not dispatched", stage, name or arm, cached.path)
+        return cached
     return dispatch_stage(stage, cfg, inputs, arm, name)
 
 
@@ -199,6 +210,13 @@ def dispatch_stage(stage: str, cfg: PipelineConfig, inputs: dict[str, Artefact],
     if not verify_artefact(record):
         raise RuntimeError(f"stage {stage!r} artefact at {record.path} is missing or fails verification")
     return record
+
+
+def _log(message: str, *args: Any) -> None:
+    try:
+        get_run_logger().info(message, *args)
+    except MissingContextError:  # called outside a flow run (a script, a test)
+        logging.getLogger(__name__).info(message, *args)
 
 
 def result_record_path(cfg: PipelineConfig, flow_run_id: str) -> Path:

@@ -132,6 +132,24 @@ def task_key(task: Any, parameters: dict[str, Any]) -> str:
     return task.cache_policy.cache_key_fn(SimpleNamespace(task=task), parameters)
 
 
+def cached_artefact(task: Any, *args: Any, **kwargs: Any) -> Artefact | None:
+    """The artefact ``task(*args, **kwargs)`` would return as a cache hit, if its result store holds one
+    under the key those arguments give and the artefact verifies; else None. Runs nothing."""
+    from prefect.results import get_result_store
+
+    parameters = dict(inspect.signature(task.fn).bind(*args, **kwargs).arguments)
+    store = get_result_store().update_for_task(task)
+    key = task_key(task, parameters)
+    try:
+        if not store.exists(key):
+            return None
+        value = store.read(key).result
+    except Exception as exc:  # an unreadable entry: the stage runs and writes it again
+        logger.warning("cache entry %s could not be read (%s); running the stage", key, exc)
+        return None
+    return value if isinstance(value, Artefact) and verify_artefact(value) else None
+
+
 def output_key() -> str:
     """The running task's cache-key digest, which names its output folder: the folder and the cache
     entry come from one computation over the same parameters, so they cannot disagree."""

@@ -26,4 +26,7 @@ def test_stages_dispatch_to_the_gpu_pool_and_a_failing_child_fails_the_parent(tm
         assert f"{name}@alignx-gpu:COMPLETED" in kids, (name, kids)
     assert dispatch["failing_state"] == "FAILED", dispatch
     assert "stage 'stage1'" in dispatch["failing_message"] and "max_length=8" in dispatch["failing_message"], dispatch
-    assert "stage1-smoke-alignx:FAILED" in dispatch["failing_children"], dispatch
+    # only the stage whose key changed goes to the GPU pool: the bootstrap, cached under the same key,
+    # is read by the parent (it went to the pool in the first run)
+    assert any(k.startswith("bootstrap-") for k in kids), kids
+    assert dispatch["failing_children"] == ["stage1-smoke-alignx:FAILED"], dispatch

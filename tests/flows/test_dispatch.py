@@ -103,3 +103,40 @@ def test_published_result_is_what_the_parent_reads(tmp_path):
             key=ArtifactFilterKey(any_=["stage1-control-output"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
     assert len(artifacts) == 1
     assert {"field": "path", "value": record.path} in json.loads(artifacts[0].data)
+
+
+def test_a_stage_cached_under_what_the_child_would_be_sent_is_not_dispatched(recorder, tmp_path):
+    """The parent computes the key the child's task would compute from the parameters it is sent; a
+    verified entry under that key is returned without a child run, anything else is dispatched."""
+    import shutil
+
+    from prefect.results import get_result_store
+
+    from flows.params import Stage1Params
+    from tasks import train as train_tasks
+    from tasks.caching import task_key
+
+    sent, _ = recorder
+    cfg = load_profile("smoke", {"run_root": str(tmp_path / "run"), "dispatch": "deployments"})
+    base, shards = _artefact(tmp_path / "base"), _artefact(tmp_path / "shards")
+    first = stage_chain.run_stage1(cfg, base, shards, "alignx")
+    assert len(sent) == 1  # nothing cached yet
+
+    # what the child does with what it was sent: its own config (dispatch local), its inputs, its task's key
+    name, parameters = sent[0]
+    child_cfg = Stage1Params(**parameters["params"]).config().model_copy(update={"dispatch": "local"})
+    inputs = stage_chain.load_inputs(parameters["inputs"])
+    key = task_key(train_tasks.stage1, {"base": inputs["base"], "shards": inputs["shards"], "cfg": child_cfg,
+                                        "control": False})
+    get_result_store().update_for_task(train_tasks.stage1).write(obj=first, key=key)
+
+    assert stage_chain.run_stage1(cfg, base, shards, "alignx") == first
+    assert len(sent) == 1  # the cache hit was read in the parent: no child run
+    stage_chain.run_stage1(cfg, base, shards, "control")  # another key (the control's config)
+    assert len(sent) == 2
+    changed = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update={"lambda_ctr": 2.0})})
+    stage_chain.run_stage1(changed, base, shards, "alignx")  # another key (a stage-1 setting)
+    assert len(sent) == 3
+    shutil.rmtree(first.path)  # the entry's checkpoint is gone: the child runs (and rebuilds it)
+    stage_chain.run_stage1(cfg, base, shards, "alignx")
+    assert len(sent) == 4
