@@ -12,6 +12,7 @@ one JSON line per point and appends it to `<run root>/sweep-logs/results.jsonl`:
 tried is kept with its development figures.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/real_sweep.py --points baseline lambda_ctr=0.3 steps=400
+    .venv/bin/python bench/real_sweep.py --table     # every point run so far, and which meets the aim
 """
 
 from __future__ import annotations
@@ -115,12 +116,62 @@ def run_point(name: str, profile: str, run_root: Path, log_dir: Path) -> dict:
     return point
 
 
+# The issue's aim, read on the development set: X->en chrF++ gain >= 1.0 with an interval above zero,
+# en->X not worse (interval lower bound >= -0.5), the retrieval gain kept (interval above zero).
+COLUMNS = [("X->en chrF++", "ntrex_x-en chrf_seg", 1), ("en->X chrF++", "ntrex_en-x chrf_seg", 1),
+           ("en->X off-target", "ntrex_en-x off_target", 100), ("X->en top-1 in the prompt", "align_ntrex_prompt x2en_top1", 100),
+           ("en->X top-1 in the prompt", "align_ntrex_prompt en2x_top1", 100)]
+
+
+def meets_aim(point: dict) -> bool:
+    x2en, en2x = point.get("ntrex_x-en chrf_seg"), point.get("ntrex_en-x chrf_seg")
+    kept = [point.get(k) for k in ("align_ntrex_prompt x2en_top1", "align_ntrex_prompt en2x_top1")]
+    if not (x2en and en2x and all(kept)):
+        return False
+    return x2en["delta"] >= 1.0 and x2en["ci"][0] > 0 and en2x["ci"][0] >= -0.5 and all(k["ci"][0] > 0 for k in kept)
+
+
+def results_table(results: Path) -> str:
+    """Every point in ``results.jsonl`` (the latest line of a point run twice), AlignX − control with its
+    95% interval, as a markdown table; a point that failed shows its exit status."""
+    points: dict[str, dict] = {}
+    for number, line in enumerate(results.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                point = json.loads(line)
+                points[point["point"]] = point
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{results}: line {number} is not a sweep point ({exc})") from None
+
+    def cell(point: dict, key: str, scale: float) -> str:
+        value = point.get(key)
+        if not value:
+            return f"(exit {point.get('rc')})" if point.get("rc") else "–"
+        lo, hi = (scale * v for v in value["ci"])
+        return f"{scale * value['delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+    head = ["point", *(name for name, _, _ in COLUMNS), "aim met", "wall min"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, point in points.items():
+        cells = [name, *(cell(point, key, scale) for _, key, scale in COLUMNS),
+                 "yes" if meets_aim(point) else "no", str(point.get("wall_min", "–"))]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
     parser.add_argument("--profile", default=PROFILE)
     parser.add_argument("--run-root", type=Path, default=REPO / "data" / "runs" / "real-sweep")
+    parser.add_argument("--table", action="store_true", help="print every point run so far and stop")
     args = parser.parse_args()
+    if args.table:
+        results = args.run_root / "sweep-logs" / "results.jsonl"
+        if not results.is_file():
+            raise SystemExit(f"no sweep results at {results}: run some --points first")
+        print(results_table(results))
+        return 0
     for name in args.points:  # every point is checked before the first one runs
         check_protocol(load_profile(args.profile), point_config(args.profile, point_overrides(name, args.run_root)))
     log_dir = args.run_root / "sweep-logs"

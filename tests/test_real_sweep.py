@@ -43,3 +43,31 @@ def test_the_sweep_refuses_before_running_anything(tmp_path: Path, monkeypatch):
     with pytest.raises(ProtocolError, match="flores"):
         sweep.main()
     assert not ran and not (tmp_path / "sweep-logs").exists()
+
+
+def test_the_table_shows_every_point_and_applies_the_aim_to_the_development_figures(tmp_path: Path):
+    from bench.real_sweep import results_table
+
+    def figure(delta, lo, hi):
+        return {"delta": delta, "ci": [lo, hi]}
+
+    good = {"point": "lambda_ctr=3", "rc": 0, "wall_min": 80.0,
+            "ntrex_x-en chrf_seg": figure(1.2, 0.3, 2.0), "ntrex_en-x chrf_seg": figure(-0.1, -0.4, 0.3),
+            "ntrex_en-x off_target": figure(0.01, -0.02, 0.04),
+            "align_ntrex_prompt x2en_top1": figure(0.15, 0.12, 0.18), "align_ntrex_prompt en2x_top1": figure(0.2, 0.1, 0.3)}
+    en2x_worse = {**good, "point": "lambda_ctr=10", "ntrex_en-x chrf_seg": figure(-0.9, -1.6, -0.3)}
+    failed = {"point": "steps=400", "rc": 1, "wall_min": 3.0}
+    results = tmp_path / "results.jsonl"
+    # the first lambda_ctr=3 line (a run later repeated) is replaced by the latest
+    lines = [{**good, "ntrex_x-en chrf_seg": figure(0.1, -0.5, 0.7)}, good, en2x_worse, failed]
+    results.write_text("\n".join(json.dumps(p) for p in lines) + "\n")
+    rows = {line.split(" | ")[0].strip("| "): line for line in results_table(results).splitlines()[2:]}
+    assert list(rows) == ["lambda_ctr=3", "lambda_ctr=10", "steps=400"]
+    assert "+1.20 [+0.30, +2.00]" in rows["lambda_ctr=3"] and "+15.00 [+12.00, +18.00]" in rows["lambda_ctr=3"]
+    assert rows["lambda_ctr=3"].endswith("| yes | 80.0 |")
+    assert rows["lambda_ctr=10"].endswith("| no | 80.0 |")  # en->X lower bound below -0.5
+    assert "(exit 1)" in rows["steps=400"] and rows["steps=400"].endswith("| no | 3.0 |")
+
+    results.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"results.jsonl: line 2 is not a sweep point"):
+        results_table(results)
