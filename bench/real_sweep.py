@@ -92,6 +92,9 @@ def point_config(profile: str, overrides: dict[str, str]) -> PipelineConfig:
     return load_profile(profile, {k: json.loads(v) for k, v in overrides.items()})
 
 
+ATTEMPT = "=== sweep attempt"
+
+
 def run_point(name: str, profile: str, run_root: Path, log_dir: Path) -> dict:
     overrides = point_overrides(name, run_root)
     check_protocol(load_profile(profile), point_config(profile, overrides))
@@ -100,11 +103,16 @@ def run_point(name: str, profile: str, run_root: Path, log_dir: Path) -> dict:
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={value}"]
     log = log_dir / f"{name}.log"
+    # appended: a point stopped and run again (it resumes from its checkpoints) keeps every attempt's log
+    attempts = log.read_text(encoding="utf-8").count(ATTEMPT) if log.is_file() else 0
     start = time.monotonic()
-    with log.open("w", encoding="utf-8") as out:
+    with log.open("a", encoding="utf-8") as out:
+        out.write(f"{ATTEMPT} {attempts + 1}, {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
+        out.flush()
         rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
-    point = {"point": name, "overrides": POINTS[name], "dev": DEV_EVAL, "rc": rc,
+    # wall_min is this attempt's: an earlier, stopped attempt's work came from its checkpoints
+    point = {"point": name, "overrides": POINTS[name], "dev": DEV_EVAL, "rc": rc, "attempt": attempts + 1,
              "wall_min": round((time.monotonic() - start) / 60, 1), "log": str(log)}
     report = re.findall(r"^report: (.+)$", log.read_text(encoding="utf-8"), flags=re.M)
     if rc == 0 and report:
@@ -153,8 +161,10 @@ def results_table(results: Path) -> str:
     head = ["point", *(name for name, _, _ in COLUMNS), "aim met", "wall min"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, point in points.items():
-        cells = [name, *(cell(point, key, scale) for _, key, scale in COLUMNS),
-                 "yes" if meets_aim(point) else "no", str(point.get("wall_min", "–"))]
+        wall = str(point.get("wall_min", "–"))
+        if point.get("attempt", 1) > 1:
+            wall += f" (the last of {point['attempt']} attempts)"
+        cells = [name, *(cell(point, key, scale) for _, key, scale in COLUMNS), "yes" if meets_aim(point) else "no", wall]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

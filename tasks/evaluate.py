@@ -9,15 +9,14 @@ from prefect import task
 from alignx.artefacts import Artefact
 from alignx.config import PipelineConfig
 from alignx.eval import report
+from alignx.eval.finished_parts import EVAL_SECTIONS
 from tasks.caching import output_key, stage_cache
 from tasks.retries import EVAL_RETRY
 from tasks.stage_progress import ProgressReporter, run_observed
 
 
-# Besides eval, the evaluation reads the align layer (the report's default layer), the LID config
-# (off-target rates; its model file by content) and data.sources (alignment on a set the run trains on
-# is refused): all are part of its key, so a changed layer never returns a stale measurement.
-EVAL_SECTIONS = ["eval", "languages", "pivot", "data_mirror", "stage1.align_layer", "data.langid", "data.sources"]
+# The evaluate task keys on the config sections an evaluation reads (EVAL_SECTIONS: the align layer,
+# the LID config, data.sources besides eval), so a changed layer never returns a stale measurement.
 # The report reads only these (its inputs are the evaluations).
 REPORT_SECTIONS = ["name", "eval.benchmarks", "eval.bootstrap_resamples", "eval.bootstrap_seed"]
 

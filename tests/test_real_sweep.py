@@ -71,3 +71,27 @@ def test_the_table_shows_every_point_and_applies_the_aim_to_the_development_figu
     results.write_text(json.dumps(good) + "\n{not json\n")
     with pytest.raises(ValueError, match=r"results.jsonl: line 2 is not a sweep point"):
         results_table(results)
+
+
+def test_a_point_run_again_keeps_the_log_of_its_stopped_attempt(tmp_path: Path, monkeypatch):
+    """A stopped point resumes from its checkpoints when run again; its log keeps both attempts."""
+    import subprocess
+
+    import bench.real_sweep as sweep
+
+    progress = iter(["stage 1 (alignx): 20/80\n", "stage 1 (alignx): 40/80\n"])
+
+    def fake_run(cmd, stdout, **kwargs):
+        stdout.write(next(progress))
+        return subprocess.CompletedProcess(cmd, -9)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    logs = tmp_path / "sweep-logs"
+    logs.mkdir()
+    first = sweep.run_point("baseline", sweep.PROFILE, tmp_path, logs)
+    second = sweep.run_point("baseline", sweep.PROFILE, tmp_path, logs)
+    text = (logs / "baseline.log").read_text()
+    assert "20/80" in text and "40/80" in text and text.index("20/80") < text.index("40/80")
+    assert (first["attempt"], second["attempt"]) == (1, 2)
+    (tmp_path / "results.jsonl").write_text(json.dumps(second) + "\n")
+    assert "(the last of 2 attempts)" in sweep.results_table(tmp_path / "results.jsonl")

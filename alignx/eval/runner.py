@@ -25,6 +25,7 @@ from alignx.distributed_run import written_once
 from alignx.eval.eval_records import ITEMS_DIR, METRICS_FILE
 from alignx.eval import alignment as align
 from alignx.eval.evaluation_plan import EvalInputError, EvalPlan, benchmark_fingerprint, plan_evaluation
+from alignx.eval.finished_parts import FinishedParts, evaluation_key
 from alignx.eval.generation import GreedyGenerator
 from alignx.eval.loglik import LoglikelihoodScorer, model_max_length
 from alignx.eval.scoring import evaluate_choice, evaluate_generation, evaluate_translation
@@ -83,8 +84,9 @@ def evaluate_model(model_path: str, cfg: PipelineConfig, out_dir: Path, progress
     check_prompt_lengths(plan, tokenizer, cfg, model_max_length(model, tokenizer))
     tracker = _Tracker(progress, plan.total(cfg.eval.alignment.encodings if plan.alignment else []))
     run = _Collected()
-    _run_tasks(plan, model, tokenizer, cfg, tracker, run)
-    alignment = _run_alignment(plan, model, tokenizer, cfg, layer, layers, tracker, run)
+    parts = FinishedParts(Path(out_dir), evaluation_key(model_path, cfg))  # what a killed attempt finished
+    _run_tasks(plan, model, tokenizer, cfg, tracker, run, parts)
+    alignment = _run_alignment(plan, model, tokenizer, cfg, layer, layers, tracker, run, parts)
     tracker.close()
     metrics_doc = {
         "results": run.results,
@@ -112,7 +114,9 @@ def evaluate_model(model_path: str, cfg: PipelineConfig, out_dir: Path, progress
         write_marker(out_dir, "eval", {"metrics": str(out_dir / METRICS_FILE), "groups": metrics_doc["groups"]})
         track_evaluation(cfg, out_dir.name, str(model_path), metrics_doc)
 
-    return written_once(out_dir, write_output)
+    artefact = written_once(out_dir, write_output)
+    parts.remove()
+    return artefact
 
 
 def track_evaluation(cfg: PipelineConfig, name: str, model_path: str, doc: dict) -> None:
@@ -195,14 +199,21 @@ class _Collected:
         self.seconds[task] = round(seconds, 3)
 
 
-def _run_tasks(plan: EvalPlan, model, tokenizer, cfg: PipelineConfig, tracker: "_Tracker", run: _Collected) -> None:
-    """Every benchmark task of the plan, with one scorer and one generator shared by all."""
+def _run_tasks(plan: EvalPlan, model, tokenizer, cfg: PipelineConfig, tracker: "_Tracker", run: _Collected,
+               parts: FinishedParts) -> None:
+    """Every benchmark task of the plan, with one scorer and one generator shared by all; a task in
+    ``parts`` (finished by a killed attempt) is read, not run, and each task is kept there as it ends."""
     scorer = LoglikelihoodScorer(model, tokenizer, cfg.eval.batch_size, cfg.eval.share_context)
     generator = GreedyGenerator(model, tokenizer, cfg.eval.batch_size, cfg.eval.max_new_tokens)
     top_label = _lid_top_label(cfg) if any(u.spec.kind == "translation" for u in plan.units) else None
     for unit in plan.units:
+        done = parts.get(unit.task)
+        if done is not None:
+            run.add(unit.task, unit.group, unit.label, done["metrics"], done["rows"], done["seconds"])
+            tracker.step(unit.task)(done["work"])
+            continue
         start = time.perf_counter()
-        step = tracker.step(unit.task)
+        step, work = tracker.counted(unit.task)
         if unit.spec.kind == "multiple_choice":
             metrics, rows = evaluate_choice(unit.spec, unit.lang, unit.docs, scorer, step)
         elif unit.spec.kind == "generate":
@@ -212,26 +223,37 @@ def _run_tasks(plan: EvalPlan, model, tokenizer, cfg: PipelineConfig, tracker: "
                 unit.spec, unit.src, unit.tgt, [d["source"] for d in unit.docs], [d["reference"] for d in unit.docs],
                 generator, top_label, step)
         run.add(unit.task, unit.group, unit.label, metrics, rows, time.perf_counter() - start)
+        parts.put(unit.task, {"metrics": metrics, "rows": rows, "seconds": run.seconds[unit.task], "work": work()})
         log.info("%s: %s (%.1fs)", unit.task, metrics, run.seconds[unit.task])
 
 
 def _run_alignment(plan: EvalPlan, model, tokenizer, cfg: PipelineConfig, layer: int, layers: list[int],
-                   tracker: "_Tracker", run: _Collected) -> dict[str, Any]:
+                   tracker: "_Tracker", run: _Collected, parts: FinishedParts) -> dict[str, Any]:
     """Alignment per set and encoding at ``layers`` (the forward pass stops after the deepest);
-    per-layer means are returned, the report layer goes to results."""
+    per-layer means are returned, the report layer goes to results. One set and encoding is one
+    finished part (``parts``), as a benchmark task is."""
     per_layer: dict[str, Any] = {}
     for set_name, texts in plan.alignment.items():
         for encoding in cfg.eval.alignment.encodings:
             task = f"align_{set_name}_{encoding}"
-            start = time.perf_counter()
-            scores = align.evaluate_alignment(model, tokenizer, texts, cfg.pivot, encoding, cfg.eval.batch_size,
-                                              tracker.step(task), layers=layers)
-            per_layer.setdefault(set_name, {})[encoding] = {lang: s.by_layer() for lang, s in scores.items()}
-            for lang, s in scores.items():
-                rows = [{"doc_id": i, **{m: getattr(s, m)[:, i].tolist() for m in align.METRICS}}
-                        for i in range(s.x2en_top1.shape[1])]
-                metrics = {m: float(getattr(s, m)[s.row(layer)].mean()) for m in align.METRICS}
-                run.add(f"{task}_{lang}", task, lang, metrics, rows, time.perf_counter() - start)
+            done = parts.get(task)
+            if done is None:
+                start = time.perf_counter()
+                step, work = tracker.counted(task)
+                scores = align.evaluate_alignment(model, tokenizer, texts, cfg.pivot, encoding, cfg.eval.batch_size,
+                                                  step, layers=layers)
+                done = {"by_layer": {lang: s.by_layer() for lang, s in scores.items()},
+                        "rows": {lang: [{"doc_id": i, **{m: getattr(s, m)[:, i].tolist() for m in align.METRICS}}
+                                        for i in range(s.x2en_top1.shape[1])] for lang, s in scores.items()},
+                        "metrics": {lang: {m: float(getattr(s, m)[s.row(layer)].mean()) for m in align.METRICS}
+                                    for lang, s in scores.items()},
+                        "seconds": time.perf_counter() - start}
+                parts.put(task, {**done, "work": work()})
+            else:
+                tracker.step(task)(done["work"])
+            per_layer.setdefault(set_name, {})[encoding] = done["by_layer"]
+            for lang in done["rows"]:
+                run.add(f"{task}_{lang}", task, lang, done["metrics"][lang], done["rows"][lang], done["seconds"])
     return per_layer
 
 
@@ -262,6 +284,16 @@ class _Tracker:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc="evaluate", leave=False)
+
+    def counted(self, desc: str) -> tuple[Callable[[int], None], Callable[[], int]]:
+        """``step(desc)`` and a function that tells how much it has advanced (a finished part's work)."""
+        advanced = [0]
+        advance = self.step(desc)
+
+        def counting(n: int) -> None:
+            advanced[0] += n
+            advance(n)
+        return counting, lambda: advanced[0]
 
     def step(self, desc: str) -> Callable[[int], None]:
         def advance(n: int) -> None:

@@ -160,3 +160,78 @@ def test_headline_metrics_are_tracked_in_tensorboard(evaluated):
     assert set(events.Tags()["scalars"]) == set(expected)
     for tag, value in expected.items():
         assert events.Scalars(tag)[0].value == pytest.approx(value, rel=1e-6, abs=1e-7), tag
+
+
+class _Killed(Exception):
+    """Stands for the process dying: nothing after it runs."""
+
+
+def test_a_rerun_continues_an_evaluation_from_its_finished_tasks(tmp_path, tiny_lm_dir, eval_fixtures, evaluated,
+                                                                monkeypatch, caplog):
+    """An evaluation that dies in FLORES keeps the tasks it finished; the rerun into the same output runs
+    only the rest, and writes what an uninterrupted evaluation writes. A part written under another key
+    (a changed config) or unreadable is run again, and the parts are gone once the output is written."""
+    from alignx.eval import alignment, runner, scoring
+    from alignx.eval.finished_parts import parts_dir
+
+    calls: dict[str, list] = {"choice": [], "generation": [], "translation": [], "alignment": []}
+    align_once = alignment.evaluate_alignment
+
+    def counted(kind, fn, die=None):
+        def wrapped(*args, **kwargs):
+            calls[kind].append(args)
+            if die is not None and die(args):
+                raise _Killed()
+            return fn(*args, **kwargs)
+        return wrapped
+
+    def instrument(die_in_translation=None):
+        for kind, name in (("choice", "evaluate_choice"), ("generation", "evaluate_generation")):
+            monkeypatch.setattr(runner, name, counted(kind, getattr(scoring, name)))
+        monkeypatch.setattr(runner, "evaluate_translation",
+                            counted("translation", scoring.evaluate_translation, die_in_translation))
+        monkeypatch.setattr(runner.align, "evaluate_alignment", counted("alignment", align_once))
+        for v in calls.values():
+            v.clear()
+
+    cfg = eval_config(tmp_path, eval_fixtures)
+    out = tmp_path / "out"
+    instrument(die_in_translation=lambda args: (args[1], args[2]) == ("en", "zh"))  # dies in flores_en-zh
+    with pytest.raises(_Killed):
+        evaluate_model(str(tiny_lm_dir), cfg, out, progress=lambda *a: None)
+    assert not out.exists()
+    kept = sorted(p.stem for p in parts_dir(out).glob("*.json"))
+    assert "xcopa_sw" in kept and "mgsm_zh" in kept and "flores_en-de" in kept and "flores_en-zh" not in kept
+    n_translations, n_choice = len(calls["translation"]), len(calls["choice"])
+
+    progress = []
+    instrument()
+    art = evaluate_model(str(tiny_lm_dir), cfg, out, progress=lambda d, t, desc: progress.append((d, t)))
+    assert calls["choice"] == [] and calls["generation"] == []  # every finished task was read, none rerun
+    assert len(calls["translation"]) == 6 - (n_translations - 1)  # 3 languages x 2 directions, less the finished
+    assert len(calls["alignment"]) == 2  # alone and prompt
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress) and progress[-1][0] == progress[-1][1]
+    assert not parts_dir(out).exists()
+
+    ref_out = Path(evaluated[0].path)
+    doc, ref = (json.loads((p / "metrics.json").read_text()) for p in (Path(art.path), ref_out))
+    for field in ("results", "groups", "alignment", "tasks", "n-samples"):
+        assert doc[field] == ref[field], field
+    for items in (ref_out / "items").iterdir():
+        assert (Path(art.path) / "items" / items.name).read_text() == items.read_text(), items.name
+
+    # a part of another configuration, or a damaged one, is not read
+    other = eval_config(tmp_path, eval_fixtures, bootstrap_resamples=100)
+    instrument(die_in_translation=lambda args: True)
+    with pytest.raises(_Killed):
+        evaluate_model(str(tiny_lm_dir), other, out, progress=lambda *a: None)
+    (parts_dir(out) / "xcopa_zh.json").write_text('{"key": ', encoding="utf-8")
+    instrument(die_in_translation=lambda args: True)
+    with pytest.raises(_Killed), caplog.at_level("WARNING"):
+        evaluate_model(str(tiny_lm_dir), other, out, progress=lambda *a: None)
+    assert [args[1] for args in calls["choice"] if args[0].name == "xcopa"] == ["zh"]  # only the damaged one ran again
+    assert "xcopa_zh.json: unreadable finished task" in caplog.text
+    instrument(die_in_translation=lambda args: True)
+    with pytest.raises(_Killed):
+        evaluate_model(str(tiny_lm_dir), cfg, out, progress=lambda *a: None)  # back to the first config
+    assert len(calls["choice"]) == n_choice  # its parts were overwritten by the other configuration's

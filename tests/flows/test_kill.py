@@ -138,11 +138,17 @@ def test_kill_in_stage1_resumes_at_the_checkpoint(root, env):
 def test_kill_in_evaluation_then_rerun(root, env):
     base = _base_model(root, env)
     command = ["eval", "--model", str(base), "--benchmarks", "xcopa"]
-    pid = _kill_while_hanging("evaluate", command, root, env)
+    pid = _kill_while_hanging("evaluate", command, root, env)  # in the alignment, after XCOPA finished
     assert _dead_holders_locks(env, pid)
+    finished = {p.stem: json.loads(p.read_text())["value"] for p in root.glob("eval/.*.parts/*.json")}
+    assert set(finished) == {"xcopa_sw", "xcopa_zh"}, finished  # kept by the killed attempt
     done = _run(command, root, env)
     metrics = Path(done.stdout.split("metrics:", 1)[1].split()[0])
-    assert "alignment" in json.loads(metrics.read_text())
+    doc = json.loads(metrics.read_text())
+    assert "alignment" in doc
+    # the rerun read XCOPA from the killed attempt instead of scoring it again: its measured seconds came along
+    assert {t: doc["seconds"][t] for t in finished} == {t: v["seconds"] for t, v in finished.items()}
+    assert not list(root.glob("eval/.*.parts")), "the finished parts outlived the written evaluation"
     assert not _temporaries(root), f"temporaries left: {_temporaries(root)}"
 
 
