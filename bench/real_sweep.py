@@ -3,7 +3,8 @@
 Protocol (README, "Choosing settings"): every point trains the control and AlignX arms with its
 overrides (stage 1, then stage 2) and is scored on NTREX-128, which the runs never train on:
 translation en<->X (chrF++ per segment, paired intervals) and top-1 retrieval in the prompt encoding.
-FLORES is the test: only the final report (`alignx pipeline --profile real-downstream`) reads it. The
+FLORES is the test: only the final report (`--final POINT`: the profile's own evaluation, every arm) reads
+it, for one point chosen on the development figures, and the choice is recorded before it runs. The
 script refuses a point whose evaluation would read a set the report reads, or a set the run trains on.
 
 Each point is one pipeline run on one shared run root, so the data, the base model and every
@@ -13,6 +14,7 @@ tried is kept with its development figures.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/real_sweep.py --points baseline lambda_ctr=0.3 steps=400
     .venv/bin/python bench/real_sweep.py --table     # every point run so far, and which meets the aim
+    OMP_NUM_THREADS=2 .venv/bin/python bench/real_sweep.py --final lambda_ctr=3   # the test, once, for one point
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from alignx.artefacts import atomic_write_json  # noqa: E402
 from alignx.config import PipelineConfig  # noqa: E402
 from alignx.profiles import load_profile  # noqa: E402
 
@@ -95,15 +98,11 @@ def point_config(profile: str, overrides: dict[str, str]) -> PipelineConfig:
 ATTEMPT = "=== sweep attempt"
 
 
-def run_point(name: str, profile: str, run_root: Path, log_dir: Path) -> dict:
-    overrides = point_overrides(name, run_root)
-    check_protocol(load_profile(profile), point_config(profile, overrides))
-    # `-m` from REPO: this checkout's code (a frozen worktree keeps every point on the same code)
-    cmd = [sys.executable, "-m", "flows.cli", "pipeline", "--profile", profile]
-    for key, value in overrides.items():
-        cmd += ["--set", f"{key}={value}"]
-    log = log_dir / f"{name}.log"
-    # appended: a point stopped and run again (it resumes from its checkpoints) keeps every attempt's log
+def run_logged(cmd: list[str], log: Path) -> tuple[int, int, float]:
+    """Run ``cmd`` with its output appended to ``log``: (exit status, attempt number, minutes).
+
+    Appended: a point stopped and run again (it resumes from its checkpoints and finished evaluation
+    tasks) keeps every attempt's log."""
     attempts = log.read_text(encoding="utf-8").count(ATTEMPT) if log.is_file() else 0
     start = time.monotonic()
     with log.open("a", encoding="utf-8") as out:
@@ -111,9 +110,25 @@ def run_point(name: str, profile: str, run_root: Path, log_dir: Path) -> dict:
         out.flush()
         rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
+    return rc, attempts + 1, round((time.monotonic() - start) / 60, 1)
+
+
+def pipeline_command(profile: str, overrides: dict[str, str]) -> list[str]:
+    # `-m` from REPO: this checkout's code (a frozen worktree keeps every point on the same code)
+    cmd = [sys.executable, "-m", "flows.cli", "pipeline", "--profile", profile]
+    for key, value in overrides.items():
+        cmd += ["--set", f"{key}={value}"]
+    return cmd
+
+
+def run_point(name: str, profile: str, run_root: Path, log_dir: Path) -> dict:
+    overrides = point_overrides(name, run_root)
+    check_protocol(load_profile(profile), point_config(profile, overrides))
+    log = log_dir / f"{name}.log"
+    rc, attempt, minutes = run_logged(pipeline_command(profile, overrides), log)
     # wall_min is this attempt's: an earlier, stopped attempt's work came from its checkpoints
-    point = {"point": name, "overrides": POINTS[name], "dev": DEV_EVAL, "rc": rc, "attempt": attempts + 1,
-             "wall_min": round((time.monotonic() - start) / 60, 1), "log": str(log)}
+    point = {"point": name, "overrides": POINTS[name], "dev": DEV_EVAL, "rc": rc, "attempt": attempt,
+             "wall_min": minutes, "log": str(log)}
     report = re.findall(r"^report: (.+)$", log.read_text(encoding="utf-8"), flags=re.M)
     if rc == 0 and report:
         summary = json.loads((Path(report[-1]).parent / "summary.json").read_text(encoding="utf-8"))["summary"]
@@ -139,9 +154,8 @@ def meets_aim(point: dict) -> bool:
     return x2en["delta"] >= 1.0 and x2en["ci"][0] > 0 and en2x["ci"][0] >= -0.5 and all(k["ci"][0] > 0 for k in kept)
 
 
-def results_table(results: Path) -> str:
-    """Every point in ``results.jsonl`` (the latest line of a point run twice), AlignX − control with its
-    95% interval, as a markdown table; a point that failed shows its exit status."""
+def read_points(results: Path) -> dict[str, dict]:
+    """Every point in ``results.jsonl``, the latest line of a point run twice; a malformed line is named."""
     points: dict[str, dict] = {}
     for number, line in enumerate(results.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
@@ -150,6 +164,13 @@ def results_table(results: Path) -> str:
                 points[point["point"]] = point
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ValueError(f"{results}: line {number} is not a sweep point ({exc})") from None
+    return points
+
+
+def results_table(results: Path) -> str:
+    """Every point in ``results.jsonl`` (the latest line of a point run twice), AlignX − control with its
+    95% interval, as a markdown table; a point that failed shows its exit status."""
+    points = read_points(results)
 
     def cell(point: dict, key: str, scale: float) -> str:
         value = point.get(key)
@@ -169,13 +190,59 @@ def results_table(results: Path) -> str:
     return "\n".join(rows)
 
 
+FINAL = "final.json"
+
+
+def run_final(name: str, profile: str, run_root: Path, log_dir: Path, reason: str | None) -> dict:
+    """The report on the test set (FLORES, XCOPA; every arm of the profile) for the point ``name``, chosen
+    on the development figures already in ``results.jsonl``.
+
+    The test is read for one chosen point: ``final.json`` records the choice, with the point's development
+    figures and every point known at that time, before anything runs. Running the same point again
+    resumes it; a different point afterwards reads the test a second time, which ``reason`` must justify
+    (it is recorded beside the first choice)."""
+    results = log_dir / "results.jsonl"
+    points = read_points(results) if results.is_file() else {}
+    chosen = points.get(name)
+    if chosen is None or chosen.get("rc") != 0 or "report" not in chosen:
+        raise ProtocolError(f"final report refused: {name!r} has no development figures in {results} "
+                            "(choose among points already run with --points; the test is read only after them)")
+    record_file = log_dir / FINAL
+    history = json.loads(record_file.read_text(encoding="utf-8"))["choices"] if record_file.is_file() else []
+    if history and history[-1]["point"] != name:
+        if not reason:
+            raise ProtocolError(f"final report refused: the test was already read for {history[-1]['point']!r} "
+                                f"({record_file}); choosing {name!r} now would tune on the test. Pass "
+                                "--read-test-again REASON to do it anyway, recorded beside the first choice")
+    if not history or history[-1]["point"] != name:
+        history.append({"point": name, "chosen_at": time.strftime("%Y-%m-%d %H:%M:%S"), "reason": reason,
+                        "dev": {k: v for k, v in chosen.items() if isinstance(v, dict) and "ci" in v},
+                        "points_known": sorted(points), "aim_met_on_dev": meets_aim(chosen)})
+        atomic_write_json(record_file, {"choices": history})
+    overrides = {**POINTS[name], "run_root": json.dumps(str(run_root))}  # the profile's own evaluation
+    log = log_dir / f"final-{name}.log"
+    rc, attempt, minutes = run_logged(pipeline_command(profile, overrides), log)
+    report = re.findall(r"^report: (.+)$", log.read_text(encoding="utf-8"), flags=re.M)
+    return {"final": name, "rc": rc, "attempt": attempt, "wall_min": minutes, "log": str(log),
+            "report": report[-1] if rc == 0 and report else None}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
     parser.add_argument("--profile", default=PROFILE)
     parser.add_argument("--run-root", type=Path, default=REPO / "data" / "runs" / "real-sweep")
     parser.add_argument("--table", action="store_true", help="print every point run so far and stop")
+    parser.add_argument("--final", metavar="POINT", choices=list(POINTS),
+                        help="the report on the test set for POINT, chosen on its development figures")
+    parser.add_argument("--read-test-again", metavar="REASON",
+                        help="with --final: a second point after the test was read for another (recorded)")
     args = parser.parse_args()
+    if args.final:
+        log_dir = args.run_root / "sweep-logs"
+        done = run_final(args.final, args.profile, args.run_root, log_dir, args.read_test_again)
+        print(json.dumps(done), flush=True)
+        return 0 if done["rc"] == 0 else 1
     if args.table:
         results = args.run_root / "sweep-logs" / "results.jsonl"
         if not results.is_file():

@@ -95,3 +95,49 @@ def test_a_point_run_again_keeps_the_log_of_its_stopped_attempt(tmp_path: Path, 
     assert (first["attempt"], second["attempt"]) == (1, 2)
     (tmp_path / "results.jsonl").write_text(json.dumps(second) + "\n")
     assert "(the last of 2 attempts)" in sweep.results_table(tmp_path / "results.jsonl")
+
+
+def test_the_test_set_is_read_once_for_a_point_chosen_on_the_development_set(tmp_path: Path, monkeypatch):
+    """--final runs the profile's own evaluation (FLORES) for a point that has development figures, records
+    the choice first, resumes the same point, and refuses another one unless a reason is given."""
+    import subprocess
+
+    import bench.real_sweep as sweep
+
+    ran: list[list[str]] = []
+
+    def fake_run(cmd, stdout, **kwargs):
+        ran.append(cmd)
+        stdout.write(f"report: {tmp_path}/report/report.md\n")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    logs = tmp_path / "sweep-logs"
+    logs.mkdir()
+    dev = {"delta": 0.77, "ci": [0.02, 1.48]}
+    points = [{"point": "baseline", "rc": 0, "report": "r0", "ntrex_x-en chrf_seg": dev},
+              {"point": "lambda_ctr=3", "rc": 0, "report": "r1", "ntrex_x-en chrf_seg": dev},
+              {"point": "steps=400", "rc": 1}]
+    (logs / "results.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+
+    for unknown in ("layer=22", "steps=400"):  # never run, or failed: no development figures to choose on
+        with pytest.raises(ProtocolError, match="no development figures"):
+            sweep.run_final(unknown, PROFILE, tmp_path, logs, None)
+    assert not ran and not (logs / "final.json").exists()
+
+    done = sweep.run_final("lambda_ctr=3", PROFILE, tmp_path, logs, None)
+    assert done["rc"] == 0 and done["report"] == f"{tmp_path}/report/report.md"
+    sets = [arg for arg in ran[0] if arg.startswith(("eval.", "arms=", "stage1."))]
+    assert sets == ["stage1.lambda_ctr=3.0"]  # the profile's evaluation (FLORES, XCOPA, every arm), not NTREX's
+    choice = json.loads((logs / "final.json").read_text())["choices"]
+    assert [c["point"] for c in choice] == ["lambda_ctr=3"] and choice[0]["dev"]["ntrex_x-en chrf_seg"] == dev
+    assert choice[0]["points_known"] == ["baseline", "lambda_ctr=3", "steps=400"]
+
+    sweep.run_final("lambda_ctr=3", PROFILE, tmp_path, logs, None)  # the same point again: it resumes
+    with pytest.raises(ProtocolError, match="already read for 'lambda_ctr=3'"):
+        sweep.run_final("baseline", PROFILE, tmp_path, logs, None)
+    assert len(ran) == 2
+    sweep.run_final("baseline", PROFILE, tmp_path, logs, "the first final ran on a broken checkout")
+    choice = json.loads((logs / "final.json").read_text())["choices"]
+    assert [(c["point"], c["reason"]) for c in choice] == [
+        ("lambda_ctr=3", None), ("baseline", "the first final ran on a broken checkout")]
