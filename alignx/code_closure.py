@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import threading
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -82,10 +83,19 @@ def _links(path: Path, module: str, root: Path) -> tuple[frozenset[str], frozens
     return _links_of_version(path, module, root, stat.st_mtime_ns, stat.st_size)
 
 
+# The AST constructor of CPython 3.11 (3.11.7 here) is not safe across threads: two tasks computing their
+# keys at once in a flow's threads failed with "SystemError: AST constructor recursion depth mismatch"
+# (tests/flows/test_data_flow.py, once in a full run), and the task's result was then not persisted.
+# One parse at a time.
+_PARSE_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=4096)
 def _links_of_version(path: Path, module: str, root: Path, mtime_ns: int, size: int
                       ) -> tuple[frozenset[str], frozenset[Path]]:
-    tree = ast.parse(path.read_bytes(), filename=str(path))
+    source = path.read_bytes()
+    with _PARSE_LOCK:
+        tree = ast.parse(source, filename=str(path))
     return frozenset(_imported_names(tree, module, path.name == "__init__.py")), frozenset(_data_files(tree, root))
 
 
