@@ -262,4 +262,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ProtocolError as exc:  # a refused point or final: one line, nothing has run
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
