@@ -10,7 +10,9 @@ script refuses a point whose evaluation would read a set the report reads, or a 
 Each point is one pipeline run on one shared run root, so the data, the base model and every
 unchanged stage are cache hits across points (the control's stage 1 ignores the loss weights). Prints
 one JSON line per point and appends it to `<run root>/sweep-logs/results.jsonl`: every configuration
-tried is kept with its development figures.
+tried is kept with its development figures. The same line goes to this checkout's
+`docs/real-sweep/points.jsonl`, and the final's choice to `docs/real-sweep/final.json`: committed, they
+outlive the run root (a machine's disk), so the table and the read-once rule hold across machines.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/real_sweep.py --points baseline lambda_ctr=0.3 steps=400
     .venv/bin/python bench/real_sweep.py --table     # every point run so far, and which meets the aim
@@ -170,10 +172,9 @@ def read_points(results: Path) -> dict[str, dict]:
     return points
 
 
-def results_table(results: Path) -> str:
-    """Every point in ``results.jsonl`` (the latest line of a point run twice), AlignX − control with its
-    95% interval, as a markdown table; a point that failed shows its exit status."""
-    points = read_points(results)
+def results_table(points: dict[str, dict]) -> str:
+    """Every point (from ``known_points``), AlignX − control with its 95% interval, as a markdown table;
+    a point that failed shows its exit status."""
 
     def cell(point: dict, key: str, scale: float) -> str:
         value = point.get(key)
@@ -194,6 +195,46 @@ def results_table(results: Path) -> str:
 
 
 FINAL = "final.json"
+# the committed record of the sweep: every point tried and every reading of the test, in the repository
+RECORD_DIR = REPO / "docs" / "real-sweep"
+POINTS_FILE = "points.jsonl"
+
+
+def known_points(log_dir: Path, record_dir: Path | None = None) -> dict[str, dict]:
+    """Every point tried: the committed record, then the run root's ``results.jsonl`` (a point in both: the
+    run root's latest line)."""
+    points: dict[str, dict] = {}
+    for results in ((record_dir or RECORD_DIR) / POINTS_FILE, log_dir / "results.jsonl"):
+        if results.is_file():
+            points.update(read_points(results))
+    return points
+
+
+def record_point(point: dict, log_dir: Path, record_dir: Path | None = None) -> None:
+    """Append ``point`` to the run root's ``results.jsonl`` and to the committed record."""
+    for results in (log_dir / "results.jsonl", (record_dir or RECORD_DIR) / POINTS_FILE):
+        results.parent.mkdir(parents=True, exist_ok=True)
+        with results.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(point) + "\n")
+
+
+def has_dev_figures(point: dict | None) -> bool:
+    return bool(point) and point.get("rc") == 0 and any(key in point for _, key, _ in COLUMNS)
+
+
+def final_choices(log_dir: Path, record_dir: Path | None = None) -> list[dict]:
+    """Every reading of the test so far, from the run root's ``final.json`` and the committed one."""
+    seen: dict[tuple, dict] = {}
+    for record in (log_dir / FINAL, (record_dir or RECORD_DIR) / FINAL):
+        if record.is_file():
+            try:
+                choices = json.loads(record.read_text(encoding="utf-8"))["choices"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{record}: not a record of final reports ({exc}); expected "
+                                 '{"choices": [...]}') from None
+            for choice in choices:
+                seen[(choice["point"], choice["chosen_at"])] = choice
+    return sorted(seen.values(), key=lambda c: c["chosen_at"])
 
 
 def run_final(name: str, profile: str, run_root: Path, log_dir: Path, reason: str | None) -> dict:
@@ -204,23 +245,24 @@ def run_final(name: str, profile: str, run_root: Path, log_dir: Path, reason: st
     figures and every point known at that time, before anything runs. Running the same point again
     resumes it; a different point afterwards reads the test a second time, which ``reason`` must justify
     (it is recorded beside the first choice)."""
-    results = log_dir / "results.jsonl"
-    points = read_points(results) if results.is_file() else {}
+    points = known_points(log_dir)
     chosen = points.get(name)
-    if chosen is None or chosen.get("rc") != 0 or "report" not in chosen:
-        raise ProtocolError(f"final report refused: {name!r} has no development figures in {results} "
-                            "(choose among points already run with --points; the test is read only after them)")
-    record_file = log_dir / FINAL
-    history = json.loads(record_file.read_text(encoding="utf-8"))["choices"] if record_file.is_file() else []
+    if not has_dev_figures(chosen):
+        raise ProtocolError(f"final report refused: {name!r} has no development figures in "
+                            f"{log_dir / 'results.jsonl'} or {RECORD_DIR / POINTS_FILE} (choose among points "
+                            "already run with --points; the test is read only after them)")
+    history = final_choices(log_dir)
     if history and history[-1]["point"] != name:
         if not reason:
             raise ProtocolError(f"final report refused: the test was already read for {history[-1]['point']!r} "
-                                f"({record_file}); choosing {name!r} now would tune on the test. Pass "
+                                f"({RECORD_DIR / FINAL}); choosing {name!r} now would tune on the test. Pass "
                                 "--read-test-again REASON to do it anyway, recorded beside the first choice")
     if not history or history[-1]["point"] != name:
         history.append({"point": name, "chosen_at": time.strftime("%Y-%m-%d %H:%M:%S"), "reason": reason,
                         "dev": {k: v for k, v in chosen.items() if isinstance(v, dict) and "ci" in v},
                         "points_known": sorted(points), "aim_met_on_dev": meets_aim(chosen)})
+    for record_file in (log_dir / FINAL, RECORD_DIR / FINAL):  # both, before anything runs
+        record_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(record_file, {"choices": history})
     overrides = {**POINTS[name], "run_root": json.dumps(str(run_root))}  # the profile's own evaluation
     log = log_dir / f"final-{name}.log"
@@ -247,10 +289,11 @@ def main() -> int:
         print(json.dumps(done), flush=True)
         return 0 if done["rc"] == 0 else 1
     if args.table:
-        results = args.run_root / "sweep-logs" / "results.jsonl"
-        if not results.is_file():
-            raise SystemExit(f"no sweep results at {results}: run some --points first")
-        print(results_table(results))
+        points = known_points(args.run_root / "sweep-logs")
+        if not points:
+            raise SystemExit(f"no sweep results in {args.run_root / 'sweep-logs' / 'results.jsonl'} or "
+                             f"{RECORD_DIR / POINTS_FILE}: run some --points first")
+        print(results_table(points))
         return 0
     for name in args.points:  # every point is checked before the first one runs
         check_protocol(load_profile(args.profile), point_config(args.profile, point_overrides(name, args.run_root)))
@@ -259,8 +302,7 @@ def main() -> int:
     for name in args.points:
         point = run_point(name, args.profile, args.run_root, log_dir)
         print(json.dumps(point), flush=True)
-        with (log_dir / "results.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(point) + "\n")
+        record_point(point, log_dir)
     return 0
 
 

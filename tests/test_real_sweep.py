@@ -46,7 +46,7 @@ def test_the_sweep_refuses_before_running_anything(tmp_path: Path, monkeypatch):
 
 
 def test_the_table_shows_every_point_and_applies_the_aim_to_the_development_figures(tmp_path: Path):
-    from bench.real_sweep import results_table
+    from bench.real_sweep import read_points, results_table
 
     def figure(delta, lo, hi):
         return {"delta": delta, "ci": [lo, hi]}
@@ -61,7 +61,7 @@ def test_the_table_shows_every_point_and_applies_the_aim_to_the_development_figu
     # the first lambda_ctr=3 line (a run later repeated) is replaced by the latest
     lines = [{**good, "ntrex_x-en chrf_seg": figure(0.1, -0.5, 0.7)}, good, en2x_worse, failed]
     results.write_text("\n".join(json.dumps(p) for p in lines) + "\n")
-    rows = {line.split(" | ")[0].strip("| "): line for line in results_table(results).splitlines()[2:]}
+    rows = {line.split(" | ")[0].strip("| "): line for line in results_table(read_points(results)).splitlines()[2:]}
     assert list(rows) == ["lambda_ctr=3", "lambda_ctr=10", "steps=400"]
     assert "+1.20 [+0.30, +2.00]" in rows["lambda_ctr=3"] and "+15.00 [+12.00, +18.00]" in rows["lambda_ctr=3"]
     assert rows["lambda_ctr=3"].endswith("| yes | 80.0 |")
@@ -70,7 +70,7 @@ def test_the_table_shows_every_point_and_applies_the_aim_to_the_development_figu
 
     results.write_text(json.dumps(good) + "\n{not json\n")
     with pytest.raises(ValueError, match=r"results.jsonl: line 2 is not a sweep point"):
-        results_table(results)
+        read_points(results)
 
 
 def test_a_point_run_again_keeps_the_log_of_its_stopped_attempt(tmp_path: Path, monkeypatch):
@@ -94,7 +94,7 @@ def test_a_point_run_again_keeps_the_log_of_its_stopped_attempt(tmp_path: Path, 
     assert "20/80" in text and "40/80" in text and text.index("20/80") < text.index("40/80")
     assert (first["attempt"], second["attempt"]) == (1, 2)
     (tmp_path / "results.jsonl").write_text(json.dumps(second) + "\n")
-    assert "(the last of 2 attempts)" in sweep.results_table(tmp_path / "results.jsonl")
+    assert "(the last of 2 attempts)" in sweep.results_table(sweep.read_points(tmp_path / "results.jsonl"))
 
 
 def test_the_test_set_is_read_once_for_a_point_chosen_on_the_development_set(tmp_path: Path, monkeypatch):
@@ -112,6 +112,7 @@ def test_the_test_set_is_read_once_for_a_point_chosen_on_the_development_set(tmp
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    monkeypatch.setattr(sweep, "RECORD_DIR", tmp_path / "record")
     logs = tmp_path / "sweep-logs"
     logs.mkdir()
     dev = {"delta": 0.77, "ci": [0.02, 1.48]}
@@ -141,3 +142,40 @@ def test_the_test_set_is_read_once_for_a_point_chosen_on_the_development_set(tmp
     choice = json.loads((logs / "final.json").read_text())["choices"]
     assert [(c["point"], c["reason"]) for c in choice] == [
         ("lambda_ctr=3", None), ("baseline", "the first final ran on a broken checkout")]
+
+
+def test_the_committed_record_keeps_the_points_and_the_reading_of_the_test_across_machines(tmp_path: Path, monkeypatch):
+    """A new machine starts with an empty run root: the points tried and the final's choice come from the
+    committed record, so the table still shows them and a second point is still refused."""
+    import subprocess
+
+    import bench.real_sweep as sweep
+
+    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, stdout, **kw: subprocess.CompletedProcess(cmd, 0))
+    record = tmp_path / "record"
+    monkeypatch.setattr(sweep, "RECORD_DIR", record)
+    dev = {"delta": 0.06, "ci": [-0.47, 0.61]}
+    old_machine, new_machine = tmp_path / "old" / "sweep-logs", tmp_path / "new" / "sweep-logs"
+    # a point run on the old machine goes to its run root and to the record
+    sweep.record_point({"point": "stage2_steps=160", "rc": 0, "ntrex_x-en chrf_seg": dev}, old_machine)
+    # one transcribed by hand (no report path: its run root is gone) is a point with figures too
+    with (record / "points.jsonl").open("a") as f:
+        f.write(json.dumps({"point": "baseline", "rc": 0, "ntrex_x-en chrf_seg": dev, "transcribed_from": "README"}) + "\n")
+    new_machine.mkdir(parents=True)
+    (new_machine / "results.jsonl").write_text(json.dumps({"point": "layer=22", "rc": 1}) + "\n")
+    assert list(sweep.known_points(new_machine)) == ["stage2_steps=160", "baseline", "layer=22"]
+    table = sweep.results_table(sweep.known_points(new_machine))
+    assert "+0.06 [-0.47, +0.61]" in table and "(exit 1)" in table
+
+    with pytest.raises(ProtocolError, match="no development figures"):  # failed on the new machine
+        sweep.run_final("layer=22", PROFILE, tmp_path / "new", new_machine, None)
+    sweep.run_final("baseline", PROFILE, tmp_path / "old", old_machine, None)
+    assert json.loads((record / "final.json").read_text())["choices"][0]["point"] == "baseline"
+    with pytest.raises(ProtocolError, match="already read for 'baseline'"):  # the new run root has no final.json
+        sweep.run_final("stage2_steps=160", PROFILE, tmp_path / "new", new_machine, None)
+    sweep.run_final("baseline", PROFILE, tmp_path / "new", new_machine, None)  # the same point resumes
+    assert [c["point"] for c in json.loads((new_machine / "final.json").read_text())["choices"]] == ["baseline"]
+
+    (record / "final.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"final.json: not a record of final reports"):
+        sweep.run_final("baseline", PROFILE, tmp_path / "new", new_machine, None)
