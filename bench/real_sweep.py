@@ -239,6 +239,24 @@ def final_choices(log_dir: Path, record_dir: Path | None = None) -> list[dict]:
     return sorted(seen.values(), key=lambda c: c["chosen_at"])
 
 
+# `--final auto`: the choice made by a rule fixed before the last points ran, not by hand
+RULE = ("among the points that meet the aim on the development set, the highest X->en chrF++ gain; if none "
+        "does, the highest mean of the X->en and en->X chrF++ gains (both directions weigh the same)")
+
+
+def choose_final(points: dict[str, dict]) -> str:
+    """The point ``RULE`` picks among ``points`` (those with both translation figures)."""
+    scored = {name: p for name, p in points.items()
+              if has_dev_figures(p) and "ntrex_x-en chrf_seg" in p and "ntrex_en-x chrf_seg" in p}
+    if not scored:
+        raise ProtocolError("final report refused: no point has development figures in both directions yet")
+    met = [name for name, p in scored.items() if meets_aim(p)]
+    if met:
+        return max(met, key=lambda name: scored[name]["ntrex_x-en chrf_seg"]["delta"])
+    return max(scored, key=lambda name: (scored[name]["ntrex_x-en chrf_seg"]["delta"]
+                                         + scored[name]["ntrex_en-x chrf_seg"]["delta"]) / 2)
+
+
 def run_final(name: str, profile: str, run_root: Path, log_dir: Path, reason: str | None) -> dict:
     """The report on the test set (FLORES, XCOPA; every arm of the profile) for the point ``name``, chosen
     on the development figures already in ``results.jsonl``.
@@ -248,6 +266,9 @@ def run_final(name: str, profile: str, run_root: Path, log_dir: Path, reason: st
     resumes it; a different point afterwards reads the test a second time, which ``reason`` must justify
     (it is recorded beside the first choice)."""
     points = known_points(log_dir)
+    rule = None
+    if name == "auto":
+        name, rule = choose_final(points), RULE
     chosen = points.get(name)
     if not has_dev_figures(chosen):
         raise ProtocolError(f"final report refused: {name!r} has no development figures in "
@@ -260,7 +281,7 @@ def run_final(name: str, profile: str, run_root: Path, log_dir: Path, reason: st
                                 f"({RECORD_DIR / FINAL}); choosing {name!r} now would tune on the test. Pass "
                                 "--read-test-again REASON to do it anyway, recorded beside the first choice")
     if not history or history[-1]["point"] != name:
-        history.append({"point": name, "chosen_at": time.strftime("%Y-%m-%d %H:%M:%S"), "reason": reason,
+        history.append({"point": name, "chosen_at": time.strftime("%Y-%m-%d %H:%M:%S"), "reason": reason, "rule": rule,
                         "dev": {k: v for k, v in chosen.items() if isinstance(v, dict) and "ci" in v},
                         "points_known": sorted(points), "aim_met_on_dev": meets_aim(chosen)})
     for record_file in (log_dir / FINAL, RECORD_DIR / FINAL):  # both, before anything runs
@@ -280,8 +301,9 @@ def main() -> int:
     parser.add_argument("--profile", default=PROFILE)
     parser.add_argument("--run-root", type=Path, default=REPO / "data" / "runs" / "real-sweep")
     parser.add_argument("--table", action="store_true", help="print every point run so far and stop")
-    parser.add_argument("--final", metavar="POINT", choices=list(POINTS),
-                        help="the report on the test set for POINT, chosen on its development figures")
+    parser.add_argument("--final", metavar="POINT", choices=[*POINTS, "auto"],
+                        help="the report on the test set for POINT, chosen on its development figures; "
+                             f"auto: {RULE}")
     parser.add_argument("--read-test-again", metavar="REASON",
                         help="with --final: a second point after the test was read for another (recorded)")
     args = parser.parse_args()

@@ -179,3 +179,35 @@ def test_the_committed_record_keeps_the_points_and_the_reading_of_the_test_acros
     (record / "final.json").write_text("{broken")
     with pytest.raises(ValueError, match=r"final.json: not a record of final reports"):
         sweep.run_final("baseline", PROFILE, tmp_path / "new", new_machine, None)
+
+
+def test_final_auto_applies_the_stated_rule_to_the_development_figures(tmp_path: Path, monkeypatch):
+    import subprocess
+
+    import bench.real_sweep as sweep
+
+    def point(name, x2en, en2x, lo=0.1, rc=0):
+        return {"point": name, "rc": rc, "ntrex_x-en chrf_seg": {"delta": x2en, "ci": [lo, x2en + 0.5]},
+                "ntrex_en-x chrf_seg": {"delta": en2x, "ci": [en2x - 0.3, en2x + 0.3]},
+                "align_ntrex_prompt x2en_top1": {"delta": 0.1, "ci": [0.05, 0.15]},
+                "align_ntrex_prompt en2x_top1": {"delta": 0.1, "ci": [0.05, 0.15]}}
+
+    none_met = {p["point"]: p for p in [point("baseline", 0.04, -0.29, lo=-0.5), point("lambda_ctr=3", 0.77, -0.92),
+                                        point("stage2_steps=160", 0.06, 0.14, lo=-0.5),
+                                        point("steps=400", 3.0, 3.0, rc=1)]}  # failed: no say
+    assert sweep.choose_final(none_met) == "stage2_steps=160"  # the best mean of both directions
+    met = {**none_met, "layer=22": point("layer=22", 1.1, -0.1), "steps=400": point("steps=400", 1.5, 0.0)}
+    assert sweep.choose_final(met) == "steps=400"  # meets the aim, with the highest X->en gain
+    with pytest.raises(ProtocolError, match="no point has development figures"):
+        sweep.choose_final({"steps=400": {"point": "steps=400", "rc": 1}})
+
+    ran = []
+    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, stdout, **kw: ran.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(sweep, "RECORD_DIR", tmp_path / "record")
+    logs = tmp_path / "sweep-logs"
+    logs.mkdir()
+    (logs / "results.jsonl").write_text("".join(json.dumps(p) + "\n" for p in none_met.values()))
+    assert sweep.run_final("auto", PROFILE, tmp_path, logs, None)["final"] == "stage2_steps=160"
+    assert "stage2.train.steps=160" in ran[0]
+    choice = json.loads((tmp_path / "record" / "final.json").read_text())["choices"]
+    assert [c["point"] for c in choice] == ["stage2_steps=160"] and choice[0]["rule"] == sweep.RULE
