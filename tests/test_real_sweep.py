@@ -129,10 +129,12 @@ def test_the_test_set_is_read_once_for_a_point_chosen_on_the_development_set(tmp
     done = sweep.run_final("lambda_ctr=3", PROFILE, tmp_path, logs, None)
     assert done["rc"] == 0 and done["report"] == f"{tmp_path}/report/report.md"
     sets = [arg for arg in ran[0] if arg.startswith(("eval.", "arms=", "stage1."))]
-    assert sets == ["stage1.lambda_ctr=3.0"]  # the profile's evaluation (FLORES, XCOPA, every arm), not NTREX's
+    # the profile's evaluation (FLORES, XCOPA, every arm), not NTREX's; only its batch is the development one's
+    assert sets == ["eval.batch_size=64", "stage1.lambda_ctr=3.0"]
     choice = json.loads((logs / "final.json").read_text())["choices"]
     assert [c["point"] for c in choice] == ["lambda_ctr=3"] and choice[0]["dev"]["ntrex_x-en chrf_seg"] == dev
     assert choice[0]["points_known"] == ["baseline", "lambda_ctr=3", "steps=400"]
+    assert choice[0]["eval"] == {"eval.batch_size": "64"}
 
     sweep.run_final("lambda_ctr=3", PROFILE, tmp_path, logs, None)  # the same point again: it resumes
     with pytest.raises(ProtocolError, match="already read for 'lambda_ctr=3'"):
